@@ -1,0 +1,41 @@
+"""Rebuild a trained model from its checkpoint alone: network, classes and data settings travel with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import OmegaConf
+
+from fashionseg import ConfigError
+from fashionseg.module import SegmentationModule
+
+
+def load_checkpoint(path: str | Path, tta_hflip: bool = False) -> SegmentationModule:
+    """Load a checkpoint written by train.py into a SegmentationModule in eval mode.
+
+    The encoder is built without pretrained weights (the checkpoint holds all of them), so
+    loading never touches the network.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Checkpoint {path} does not exist. Give ckpt_path=<run dir>/checkpoints/<file>.ckpt.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or not a checkpoint at all
+        raise ConfigError(f"Cannot read checkpoint {path}: {e}. Is it a file written by train.py?") from e
+    config = ckpt.get("hyper_parameters", {}).get("config")
+    if not config:
+        raise ConfigError(f"Checkpoint {path} holds no fashionseg config; it was not written by train.py.")
+    cfg = OmegaConf.create(config)
+    if "encoder_weights" in cfg.model.net:
+        cfg.model.net.encoder_weights = None
+    net = hydra.utils.instantiate(cfg.model.net)
+    module = SegmentationModule(
+        net=net, loss=hydra.utils.instantiate(cfg.loss), optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=None, class_names=list(cfg.task.class_names), aux_weight=cfg.model.get("aux_weight", 0.0),
+        tta_hflip=tta_hflip, config=config,
+    )
+    module.load_state_dict(ckpt["state_dict"], strict=True)
+    return module.eval()

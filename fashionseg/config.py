@@ -1,0 +1,72 @@
+"""Checks on a composed config, run before any data is read or any file is written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from fashionseg import ConfigError
+
+
+def _loss_weight_lists(node) -> list:
+    """Every ``weights`` list given to a CrossEntropy inside the loss config (nested ones too)."""
+    found = []
+    if isinstance(node, DictConfig):
+        if str(node.get("_target_", "")).endswith("CrossEntropy") and OmegaConf.is_list(node.get("weights")):
+            found.append(list(node.weights))
+        for key in node:
+            if key != "weights":
+                found += _loss_weight_lists(node[key])
+    elif OmegaConf.is_list(node):
+        for item in node:
+            found += _loss_weight_lists(item)
+    return found
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail fast, with one clear message, on values that would break a run later."""
+    k = cfg.task.num_classes
+    if len(cfg.task.class_names) != k:
+        raise ConfigError(f"task.class_names has {len(cfg.task.class_names)} names but task.num_classes={k}.")
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and not lr > 0:
+        raise ConfigError(f"optimizer.lr must be > 0, got {lr}.")
+    for weights in _loss_weight_lists(cfg.loss):
+        if len(weights) != k:
+            raise ConfigError(
+                f"loss.weights has {len(weights)} values {weights} but task={cfg.task.name} has {k} classes "
+                f"{list(cfg.task.class_names)}; give one weight per class or loss.weights=auto."
+            )
+    size, multiple = cfg.data.get("image_size"), cfg.data.size_multiple
+    if size is not None and (len(size) != 2 or any(s <= 0 or s % multiple for s in size)):
+        raise ConfigError(
+            f"data.image_size={list(size)} must be two positive sides (H, W) divisible by {multiple}, which "
+            f"the model needs (e.g. [384,256] or [608,416]); or null to pad the native size."
+        )
+    if cfg.data.batch_size < 1:
+        raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}.")
+    epochs = cfg.trainer.get("max_epochs")
+    if epochs is not None and epochs < 1 and epochs != -1:
+        raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {epochs}.")
+
+
+def check_writable(directory: str | Path) -> Path:
+    """Create the run directory and make sure files can be written there, before any work starts."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write_test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"Cannot write to the output directory {directory}: {e.strerror}. Choose another with "
+            "hydra.run.dir=<dir> (or hydra.sweep.dir for -m), or free disk space."
+        ) from e
+    free = os.statvfs(directory)
+    free_mb = free.f_bavail * free.f_frsize / 2**20
+    if free_mb < 200:
+        raise ConfigError(f"Only {free_mb:.0f} MB free under {directory}; checkpoints need more. Free disk space.")
+    return directory

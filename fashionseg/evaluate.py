@@ -1,0 +1,55 @@
+"""Evaluate a checkpoint on a split of the data set (the test split by default)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from fashionseg import ConfigError
+from fashionseg.checkpoint import load_checkpoint
+from fashionseg.config import check_writable
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score ``cfg.ckpt_path`` on ``cfg.split``; the network, task and input size come from the checkpoint."""
+    out_dir = check_writable(cfg.paths.output_dir)
+    module = load_checkpoint(cfg.ckpt_path, tta_hflip=cfg.tta_hflip)
+    train_cfg = OmegaConf.create(module.hparams.config)
+    asked = cfg.get("task", {}).get("name") if cfg.get("task") else None
+    if asked is not None and asked != train_cfg.task.name:
+        raise ConfigError(
+            f"Checkpoint {cfg.ckpt_path} was trained for task={train_cfg.task.name}, not task={asked}; "
+            f"run eval.py with task={train_cfg.task.name} (or leave task out)."
+        )
+    if cfg.split not in ("train", "val", "test"):
+        raise ConfigError(f"split={cfg.split!r} is not one of train, val, test.")
+    # Same data settings as in training (size, split seed), pointed at this machine's data.
+    data_cfg = train_cfg.data
+    data_cfg.root, data_cfg.eval_batch_size = cfg.data.root, cfg.data.batch_size
+    data_cfg.num_workers, data_cfg.limit = cfg.data.num_workers, cfg.data.limit
+    datamodule = hydra.utils.instantiate(data_cfg)
+    datamodule.setup("test")
+    loader = {"train": datamodule._loader("train", shuffle=False), "val": datamodule.val_dataloader(),
+              "test": datamodule.test_dataloader()}[cfg.split]
+    if cfg.split == "train":  # score training images as they are, not augmented
+        loader.dataset.transform = datamodule.eval_transform
+
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    start = time.time()
+    trainer.test(module, dataloaders=loader)
+    seconds = time.time() - start
+    results = {
+        "checkpoint": str(cfg.ckpt_path), "task": train_cfg.task.name, "model": train_cfg.model.name,
+        "split": cfg.split, "images": len(loader.dataset), "scores": module.test_scores,
+        "confusion": module.test_confusion.tolist(), "ms_per_image": round(1000 * seconds / len(loader.dataset), 1),
+    }
+    (out_dir / "eval_results.json").write_text(json.dumps(results, indent=1))
+    log.info("%s split scores: %s", cfg.split, json.dumps(module.test_scores))
+    return results

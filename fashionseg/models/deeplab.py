@@ -1,0 +1,68 @@
+"""DeepLabv3 and DeepLabv3+ from segmentation_models_pytorch, with any of its encoders."""
+
+from __future__ import annotations
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from torch import nn
+
+from fashionseg import ConfigError
+from fashionseg.models.base import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from fashionseg.models.pretrained import is_weights_file, load_encoder_weights, packaged_weights_path
+
+
+def encoder_stats(encoder_name: str) -> tuple[tuple, tuple]:
+    """Input mean/std the encoder was pretrained with (TF EfficientNets use 0.5/0.5), offline."""
+    timm_name = encoder_name.removeprefix("timm-").removeprefix("tu-")
+    try:
+        cfg = timm.models.get_pretrained_cfg(timm_name)
+    except Exception:  # not a timm model: smp's own encoders use ImageNet statistics
+        cfg = None
+    if cfg is not None and getattr(cfg, "mean", None):
+        return tuple(cfg.mean), tuple(cfg.std)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+class SmpSegmenter(nn.Module):
+    """An smp model behind the common interface: uint8/[0,1] input, ``{"out": logits, "aux": []}``.
+
+    Args:
+        arch: smp architecture class name (``DeepLabV3``, ``DeepLabV3Plus``, ``Unet``, ...).
+        encoder_name: any smp encoder (``resnet101``, ``timm-tf_efficientnet_lite0``, ``tu-...``).
+        encoder_weights: null, ``imagenet``, or a path to a state dict (see ``pretrained.py``).
+        num_classes: K.
+        **kwargs: passed on to the smp model (e.g. ``encoder_output_stride``).
+    """
+
+    size_multiple = 32
+
+    def __init__(self, arch: str, encoder_name: str, num_classes: int, encoder_weights: str | None = None, **kwargs):
+        super().__init__()
+        if not hasattr(smp, arch):
+            raise ConfigError(f"Unknown smp architecture {arch!r}; valid: {sorted(smp.__all__)}.")
+        valid = smp.encoders.get_encoder_names()
+        if encoder_name not in valid and not encoder_name.startswith("tu-"):
+            raise ConfigError(f"Wrong encoder name {encoder_name!r}; supported encoders: {valid} or tu-<timm model>.")
+        packaged = packaged_weights_path(encoder_name) if encoder_weights == "imagenet" else None
+        local = packaged or (encoder_weights if is_weights_file(encoder_weights) else None)
+        # Local weights are loaded after construction; only smp's own names go to its downloader.
+        self.model = getattr(smp, arch)(encoder_name=encoder_name, encoder_weights=None if local or not encoder_weights
+                                        else encoder_weights, classes=num_classes, **kwargs)
+        if local:
+            load_encoder_weights(self.model.encoder, local, encoder_name)
+        self.normalize = Normalize(*encoder_stats(encoder_name))
+        self.arch, self.encoder_name = arch, encoder_name
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return {"out": self.model(self.normalize(x)), "aux": []}
+
+
+def deeplabv3(num_classes: int, encoder_name: str = "resnet101", encoder_weights: str | None = "imagenet",
+              **kwargs) -> SmpSegmenter:
+    return SmpSegmenter("DeepLabV3", encoder_name, num_classes, encoder_weights, **kwargs)
+
+
+def deeplabv3plus(num_classes: int, encoder_name: str = "tu-tf_efficientnet_lite0",
+                  encoder_weights: str | None = "imagenet", **kwargs) -> SmpSegmenter:
+    return SmpSegmenter("DeepLabV3Plus", encoder_name, num_classes, encoder_weights, **kwargs)

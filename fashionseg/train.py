@@ -1,0 +1,106 @@
+"""Training: compose -> instantiate -> fit -> test the best checkpoint -> results.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from fashionseg.config import check_writable, validate
+from fashionseg.data import FashionDataModule
+from fashionseg.losses import median_frequency_weights
+from fashionseg.module import SegmentationModule
+
+log = logging.getLogger(__name__)
+
+
+def resolve_auto_weights(loss_cfg: DictConfig, datamodule: FashionDataModule) -> DictConfig:
+    """Replace every ``weights: auto`` in the loss config by median-frequency weights of the training split."""
+    loss_cfg = loss_cfg.copy()
+    nodes = [loss_cfg]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, DictConfig):
+            if node.get("weights") == "auto":
+                node.weights = median_frequency_weights(datamodule.class_frequencies())
+                log.info("Class weights from training-split frequencies: %s", list(node.weights))
+            nodes += [node[k] for k in node if OmegaConf.is_config(node[k])]
+        elif OmegaConf.is_list(node):
+            nodes += [x for x in node if OmegaConf.is_config(x)]
+    return loss_cfg
+
+
+def instantiate_dict(cfg: DictConfig | None) -> list:
+    """Instantiate every ``_target_`` entry of a group like ``callbacks`` or ``logger``; null entries are off."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def build_module(cfg: DictConfig, loss_cfg: DictConfig, net=None) -> SegmentationModule:
+    """The LightningModule of a run config; ``loss_cfg`` has its weights resolved to numbers."""
+    net = net if net is not None else hydra.utils.instantiate(cfg.model.net)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["loss"] = OmegaConf.to_container(loss_cfg, resolve=True)
+    return SegmentationModule(
+        net=net,
+        loss=hydra.utils.instantiate(loss_cfg),
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        class_names=list(cfg.task.class_names),
+        aux_weight=cfg.model.get("aux_weight", 0.0),
+        tta_hflip=cfg.get("tta_hflip", False),
+        config=config,
+    )
+
+
+def train(cfg: DictConfig) -> tuple[float | None, dict]:
+    """Run one training job. Returns (the metric a sweeper optimises, the results written to results.json)."""
+    start = time.time()
+    validate(cfg)
+    out_dir = check_writable(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule: FashionDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")  # reads and checks every file before training starts
+    datamodule.write_split(out_dir / "split.json")
+    log.info("Split: %s", {k: len(v) for k, v in datamodule.ids.items()})
+
+    loss_cfg = resolve_auto_weights(cfg.loss, datamodule)
+    module = build_module(cfg, loss_cfg)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")), logger=instantiate_dict(cfg.get("logger")) or False
+    )
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_time = time.time() - start
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test"):
+        if not best:
+            log.warning("No best checkpoint (fast_dev_run or no validation): testing the current weights.")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+
+    results = {
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "val_miou_best": metrics.get("val/miou_best"),
+        "test": module.test_scores,
+        "test_confusion": module.test_confusion.tolist() if module.test_confusion is not None else None,
+        "best_checkpoint": best,
+        "epochs": trainer.current_epoch,
+        "fit_time_s": round(fit_time, 1),
+        "wall_time_s": round(time.time() - start, 1),
+        "split": {k: v for k, v in datamodule.ids.items()},
+        "config": module.hparams.config,
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    log.info("Test scores: %s", json.dumps(module.test_scores))
+    log.info("Results written to %s", out_dir / "results.json")
+    return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None, results

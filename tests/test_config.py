@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import hydra
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+
+from conftest import CONF, compose_cfg
+from fashionseg import ConfigError
+from fashionseg.config import validate
+
+MODELS = sorted(p.stem for p in Path(CONF, "model").glob("*.yaml"))
+TASKS = sorted(p.stem for p in Path(CONF, "task").glob("*.yaml"))
+LOSSES = sorted(p.stem for p in Path(CONF, "loss").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
+
+
+def test_groups_are_complete():
+    assert {"u2net", "u2netp", "deeplabv3", "deeplabv3plus"} <= set(MODELS)
+    assert set(TASKS) == {"person", "fashion"}
+    assert {"ce", "wce", "dice", "ce_dice"} <= set(LOSSES)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_model_task_loss_composes(model, task, loss):
+    cfg = compose_cfg("train", [f"model={model}", f"task={task}", f"loss={loss}", "paths.output_dir=/tmp/x"])
+    OmegaConf.resolve(cfg)
+    assert cfg.model.net.num_classes == cfg.task.num_classes == len(cfg.task.class_names)
+    assert cfg.data.label == cfg.task.label
+    validate(cfg)
+    if "auto" not in str(cfg.loss):
+        hydra.utils.instantiate(cfg.loss)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    cfg = compose_cfg("train", [f"experiment={experiment}", "paths.output_dir=/tmp/x"])
+    OmegaConf.resolve(cfg)
+    validate(cfg)
+    assert cfg.task_name == experiment
+
+
+def test_reference_recipes_follow_the_study():
+    u2 = compose_cfg("train", ["experiment=reference_u2net_person", "paths.output_dir=/tmp/x"])
+    assert (u2.model.name, u2.task.name, u2.data.batch_size, u2.optimizer.lr) == ("u2net", "person", 12, 1e-3)
+    dl = compose_cfg("train", ["experiment=reference_deeplabv3_fashion", "paths.output_dir=/tmp/x"])
+    OmegaConf.resolve(dl)
+    assert (dl.model.net.encoder_name, dl.data.batch_size) == ("resnet101", 8)
+    assert list(dl.loss.weights) == [1.0] + [1.5] * 6 and dl.scheduler._target_.endswith("ReduceLROnPlateau")
+
+
+@pytest.mark.parametrize("group,name", [("model", "unet9000"), ("task", "shoes"), ("loss", "hinge")])
+def test_unknown_names_list_the_valid_ones(group, name):
+    with pytest.raises((ConfigCompositionException, MissingConfigException)) as e:
+        compose_cfg("train", [f"{group}={name}"])
+    msg = str(e.value)
+    assert f"Could not find '{group}/{name}'" in msg and "Available options" in msg
+    valid = {"model": "deeplabv3plus", "task": "person", "loss": "wce"}[group]
+    assert valid in msg
+
+
+def test_unknown_key_is_rejected():
+    with pytest.raises(ConfigCompositionException, match="data.image_sise"):
+        compose_cfg("train", ["data.image_sise=[64,64]"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optimizer.lr=-0.001", "optimizer.lr must be > 0, got -0.001"),
+    ("loss=wce loss.weights=[1.0,2.0]", "loss.weights has 2 values .* task=fashion has 7 classes"),
+    ("data.image_size=[100,64]", r"data.image_size=\[100, 64\] must be .* divisible by 32"),
+    ("data.batch_size=0", "data.batch_size must be >= 1"),
+])
+def test_impossible_values_fail_fast(override, message):
+    cfg = compose_cfg("train", [*override.split(), "paths.output_dir=/tmp/x"])
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
+def test_optuna_search_composes():
+    cfg = compose_cfg("train", ["hparams_search=optuna", "paths.output_dir=/tmp/x"])
+    assert cfg.optimized_metric == "val/miou_best"

@@ -1,0 +1,127 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_dataset, write_palette_png
+from fashionseg import ConfigError, DataError
+from fashionseg.data import FashionDataModule
+
+
+def datamodule(root, label="clothes", k=7, **kw):
+    kw = {"image_size": [96, 64], "batch_size": 2, **kw}
+    return FashionDataModule(root=str(root), label=label, num_classes=k, **kw)
+
+
+@pytest.fixture
+def copy_root(data_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    return root
+
+
+def test_split_and_items(data_root, tmp_path):
+    dm = datamodule(data_root)
+    dm.setup("fit")
+    assert [len(dm.ids[s]) for s in ("train", "val", "test")] == [10, 2, 8]
+    assert not set(dm.ids["train"]) & set(dm.ids["test"])
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 96, 64) and batch["image"].dtype == torch.uint8
+    assert batch["mask"].shape == (2, 96, 64) and batch["mask"].max() < 7
+    dm.write_split(tmp_path / "split.json")
+    assert json.loads((tmp_path / "split.json").read_text())["test"] == dm.ids["test"]
+
+
+def test_eval_items_keep_native_label_size(data_root):
+    dm = datamodule(data_root, image_size=[64, 32])
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image"].shape[-2:] == (64, 32)
+    assert batch["mask"].shape[-2:] == (96, 64)  # metrics at the label's own resolution
+    assert batch["valid_hw"][0].tolist() == [64, 32]
+
+
+def test_padding_mode_pads_to_multiple_and_reports_valid_area(tmp_path):
+    root = write_dataset(tmp_path / "odd", 4)
+    for p in (root / "images").iterdir():  # 90x60 photos: not multiples of 32
+        Image.open(p).crop((0, 0, 60, 90)).save(p)
+    for p in (root / "labels").iterdir():
+        im = Image.open(p)
+        im.crop((0, 0, 60, 90)).save(p)
+    dm = datamodule(root, image_size=None, split=[0.5, 0.0, 0.5])
+    dm.setup("test")
+    item = dm.datasets["test"][0]
+    assert tuple(item["image"].shape[-2:]) == (96, 64)
+    assert item["valid_hw"].tolist() == [90, 60] and tuple(item["mask"].shape) == (90, 60)
+
+
+def test_augmentation_only_on_training_split(data_root):
+    dm = datamodule(data_root, augment={"hflip": 1.0})
+    dm.setup("fit")
+    train_item, raw = dm.datasets["train"][0], dm.datasets["train"].arrays[0]
+    assert torch.equal(train_item["mask"], torch.from_numpy(raw[1][:, ::-1].copy()).long())
+    val_item, raw_val = dm.datasets["val"][0], dm.datasets["val"].arrays[0]
+    assert torch.equal(val_item["mask"], torch.from_numpy(raw_val[1]).long())
+
+
+def test_class_frequencies_from_training_split(data_root):
+    dm = datamodule(data_root)
+    f = dm.class_frequencies()
+    counts = sum(np.bincount(lab.ravel(), minlength=7) for _, lab in dm.datasets["train"].arrays)
+    assert f == pytest.approx(counts / counts.sum()) and f.sum() == pytest.approx(1.0)
+
+
+def test_missing_data_dir_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError, match=r"(?s)Data set not found.*download_data.py.*FASHIONSEG_DATA"):
+        datamodule(tmp_path / "nowhere").setup()
+
+
+def test_missing_label(copy_root):
+    (copy_root / "labels" / "0003_clothes.png").unlink()
+    with pytest.raises(DataError, match="0003_clothes.png"):
+        datamodule(copy_root).setup()
+
+
+def test_missing_image(copy_root):
+    (copy_root / "images" / "0004.jpg").unlink()
+    with pytest.raises(DataError, match="image.*missing.*0004"):
+        datamodule(copy_root).setup()
+
+
+def test_corrupt_image(copy_root):
+    (copy_root / "images" / "0005.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError, match=r"Cannot read image .*0005.jpg"):
+        datamodule(copy_root).setup()
+
+
+def test_size_mismatch(copy_root):
+    write_palette_png(copy_root / "labels" / "0006_clothes.png", np.zeros((50, 40), np.uint8))
+    with pytest.raises(DataError, match=r"0006.jpg is 64x96 \(WxH\) but its label .*0006_clothes.png is 40x50"):
+        datamodule(copy_root).setup()
+
+
+def test_label_values_outside_task(copy_root):
+    # The 7-class clothes map read as a 2-class person task: values 2..6 are out of range.
+    shutil.copy(copy_root / "labels" / "0007_clothes.png", copy_root / "labels" / "0007_person.png")
+    with pytest.raises(DataError, match=r"0007_person.png has values \[2, .*outside the task.s 2 classes"):
+        datamodule(copy_root, label="person", k=2).setup()
+
+
+def test_bad_files_are_all_listed_at_once(copy_root):
+    (copy_root / "images" / "0002.jpg").write_bytes(b"")
+    (copy_root / "images" / "0009.jpg").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"2 bad sample\(s\).*0002.jpg.*0009.jpg"):
+        datamodule(copy_root).setup()
+
+
+def test_empty_split(data_root):
+    with pytest.raises(ConfigError, match="The val split is empty: 3 images"):
+        datamodule(data_root, limit=3).setup()
+
+
+def test_image_size_not_multiple_of_32(data_root):
+    with pytest.raises(ConfigError, match=r"image_size=\[100, 64\] is not divisible by 32.*\[128,64\]"):
+        datamodule(data_root, image_size=[100, 64])

