@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import hydra
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from omegaconf import OmegaConf
 
 from fashionseg import ConfigError
@@ -39,3 +42,33 @@ def load_checkpoint(path: str | Path, tta_hflip: bool = False) -> SegmentationMo
     )
     module.load_state_dict(ckpt["state_dict"], strict=True)
     return module.eval()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary file beside the target, fsync, then rename over it.
+
+    A kill at any moment leaves either the previous file or the new one, never a truncated one
+    (Lightning's own transaction writes to the system temp dir and moves the file, a copy when
+    that is another filesystem).
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -25,8 +25,29 @@ def _loss_weight_lists(node) -> list:
     return found
 
 
+# Keys whose type a typo on the command line can break: (key, expected type, what to say).
+TYPED_KEYS = [
+    ("optimizer.lr", float, "a number, e.g. 1e-3"),
+    ("optimizer.weight_decay", float, "a number"),
+    ("data.batch_size", int, "an integer"),
+    ("data.num_workers", int, "an integer"),
+    ("trainer.max_epochs", int, "an integer"),
+    ("seed", int, "an integer"),
+    ("model.aux_weight", float, "a number"),
+]
+
+
+def check_types(cfg: DictConfig) -> None:
+    for key, kind, what in TYPED_KEYS:
+        value = OmegaConf.select(cfg, key)
+        ok = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+        if value is not None and (isinstance(value, bool) or not ok):
+            raise ConfigError(f"{key}={value!r} must be {what}, got {type(value).__name__}.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail fast, with one clear message, on values that would break a run later."""
+    check_types(cfg)
     k = cfg.task.num_classes
     if len(cfg.task.class_names) != k:
         raise ConfigError(f"task.class_names has {len(cfg.task.class_names)} names but task.num_classes={k}.")

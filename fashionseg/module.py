@@ -39,6 +39,7 @@ class SegmentationModule(L.LightningModule):
         k = len(self.class_names)
         self.val_metrics, self.test_metrics = SegmentationMetrics(k), SegmentationMetrics(k)
         self.val_miou_best = MaxMetric()
+        self.val_miou_best.persistent(True)  # part of the checkpoint: a resumed run keeps its best
         self.test_scores: dict[str, float] = {}
         self.test_confusion: torch.Tensor | None = None
 

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
+import yaml
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+
+from fashionseg import ConfigError
 
 from fashionseg.config import check_writable, validate
 from fashionseg.data import FashionDataModule
@@ -59,9 +64,53 @@ def build_module(cfg: DictConfig, loss_cfg: DictConfig, net=None) -> Segmentatio
     )
 
 
+def command_line_overrides() -> list[str]:
+    """The ``key=value`` overrides given on the command line (empty outside a Hydra run)."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def resume_config(cfg: DictConfig) -> DictConfig:
+    """For ``ckpt_path=last``: the killed run's own config, from ``<run dir>/checkpoints/last.ckpt``.
+
+    The stored config makes the resumed run identical to the original without repeating its
+    overrides; ``key=value`` overrides on the resume command line (e.g. ``trainer.max_epochs=40``)
+    still apply. Changing a whole group (``model=...``) would be a different run, and is refused.
+    """
+    if cfg.get("ckpt_path") != "last":
+        return cfg
+    path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path=last, but {path} does not exist. Resume a run with "
+            "`python train.py hydra.run.dir=<that run's directory> ckpt_path=last`."
+        )
+    stored = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {}).get("config")
+    if not stored:
+        raise ConfigError(f"{path} holds no fashionseg config; it was not written by train.py.")
+    resumed = OmegaConf.create(stored)
+    for override in command_line_overrides():
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "ckpt_path" or key.startswith("hydra.") or key.startswith("paths."):
+            continue
+        if "." not in key:
+            raise ConfigError(f"Cannot change the config group {key!r} when resuming ({override}); start a new run.")
+        OmegaConf.update(resumed, key, yaml.safe_load(value), force_add=False)
+    resumed.paths.output_dir, resumed.ckpt_path = cfg.paths.output_dir, str(path)
+    # Lightning's CSVLogger deletes an existing metrics.csv: log the resumed part beside it instead.
+    part = 1 + len(list(Path(cfg.paths.output_dir).glob("*/resume-*")))
+    for logger_cfg in (resumed.get("logger") or {}).values():
+        if logger_cfg and "version" in logger_cfg:
+            logger_cfg.version = f"resume-{part}"
+    log.info("Resuming %s from %s", cfg.paths.output_dir, path)
+    return resumed
+
+
 def train(cfg: DictConfig) -> tuple[float | None, dict]:
     """Run one training job. Returns (the metric a sweeper optimises, the results written to results.json)."""
     start = time.time()
+    cfg = resume_config(cfg)
     validate(cfg)
     out_dir = check_writable(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)

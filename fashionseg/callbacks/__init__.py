@@ -1,0 +1,4 @@
+from fashionseg.callbacks.epoch_seed import EpochSeed
+from fashionseg.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+
+__all__ = ["EpochSeed", "FiniteLossGuard", "NonFiniteLossError"]

@@ -1,0 +1,21 @@
+"""Test-only components that configs can name by ``_target_``."""
+
+import torch
+
+from fashionseg.losses import CrossEntropy
+
+
+class NaNAfterSteps(CrossEntropy):
+    """Cross-entropy that turns NaN after ``steps`` training calls (validation calls are not counted)."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps, self.calls = steps, 0
+
+    def forward(self, logits, target):
+        loss = super().forward(logits, target)
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls > self.steps:
+                return loss * float("nan")
+        return loss
