@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from pathlib import Path
 
 import hydra
@@ -15,7 +16,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fashionseg import ConfigError
-
 from fashionseg.config import check_writable, validate
 from fashionseg.data import FashionDataModule
 from fashionseg.losses import median_frequency_weights
@@ -47,13 +47,12 @@ def instantiate_dict(cfg: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def build_module(cfg: DictConfig, loss_cfg: DictConfig, net=None) -> SegmentationModule:
+def build_module(cfg: DictConfig, loss_cfg: DictConfig) -> SegmentationModule:
     """The LightningModule of a run config; ``loss_cfg`` has its weights resolved to numbers."""
-    net = net if net is not None else hydra.utils.instantiate(cfg.model.net)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["loss"] = OmegaConf.to_container(loss_cfg, resolve=True)
     return SegmentationModule(
-        net=net,
+        net=hydra.utils.instantiate(cfg.model.net),
         loss=hydra.utils.instantiate(loss_cfg),
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
@@ -92,10 +91,18 @@ def resume_config(cfg: DictConfig) -> DictConfig:
     resumed = OmegaConf.create(stored)
     for override in command_line_overrides():
         key, _, value = override.lstrip("+~").partition("=")
+        value = value.strip()
         if key == "ckpt_path" or key.startswith("hydra.") or key.startswith("paths."):
             continue
-        if "." not in key:
-            raise ConfigError(f"Cannot change the config group {key!r} when resuming ({override}); start a new run.")
+        if "." not in key:  # a group choice: repeating the original command is fine, changing the run is not
+            stored_name = OmegaConf.select(resumed, f"{key}.name")
+            if stored_name is not None and stored_name != value:
+                raise ConfigError(
+                    f"Cannot resume a {key}={stored_name} run as {override}; start a new run for another {key}."
+                )
+            if stored_name is None:
+                log.warning("Ignoring %s on resume: the run keeps the config stored in its checkpoint.", override)
+            continue
         OmegaConf.update(resumed, key, yaml.safe_load(value), force_add=False)
     resumed.paths.output_dir, resumed.ckpt_path = cfg.paths.output_dir, str(path)
     # Lightning's CSVLogger deletes an existing metrics.csv: log the resumed part beside it instead.
@@ -105,6 +112,13 @@ def resume_config(cfg: DictConfig) -> DictConfig:
             logger_cfg.version = f"resume-{part}"
     log.info("Resuming %s from %s", cfg.paths.output_dir, path)
     return resumed
+
+
+def assign_run_ids(cfg: DictConfig) -> None:
+    """Give loggers that resume by id (W&B) a fixed id, stored in every checkpoint's config."""
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        if logger_cfg and "id" in logger_cfg and logger_cfg.id is None:
+            logger_cfg.id = uuid.uuid4().hex[:12]  # W&B run ids: lowercase letters and digits
 
 
 def train(cfg: DictConfig) -> tuple[float | None, dict]:
@@ -120,6 +134,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     datamodule.write_split(out_dir / "split.json")
     log.info("Split: %s", {k: len(v) for k, v in datamodule.ids.items()})
 
+    assign_run_ids(cfg)
     loss_cfg = resolve_auto_weights(cfg.loss, datamodule)
     module = build_module(cfg, loss_cfg)
     trainer: L.Trainer = hydra.utils.instantiate(

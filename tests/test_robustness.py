@@ -101,3 +101,25 @@ def test_full_disk_fails_at_start(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "statvfs", lambda _: Full())
     with pytest.raises(ConfigError, match=r"Only 0 MB free under .*Free disk space"):
         check_writable(tmp_path / "run")
+
+
+def test_resume_continues_the_same_wandb_run(train_cfg, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = train_cfg("logger=wandb", "trainer.max_epochs=1", "test=false", model="u2netp")
+    train(cfg)
+    run_id = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
+                        weights_only=False)["hyper_parameters"]["config"]["logger"]["wandb"]["id"]
+    assert run_id
+    resumed = train_cfg("ckpt_path=last", "trainer.max_epochs=2", "test=false", model="u2netp")
+    train(resumed)
+    runs = sorted(p.name for p in (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+    # Both parts log to the one run id (two folders, or one when both started in the same second).
+    assert runs and all(r.endswith(run_id) for r in runs), runs
+
+
+def test_resume_refuses_another_model(train_cfg):
+    train(train_cfg("trainer.max_epochs=1", "test=false", model="u2netp"))
+    with pytest.raises(ConfigError, match="Cannot resume a model=u2netp run as model=deeplabv3plus"):
+        train(train_cfg("ckpt_path=last", model="deeplabv3plus"))

