@@ -1,0 +1,122 @@
+"""LightningDataModule for the Fashionista/CSC420 format, with the reference study's seeded split."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from fashionseg import ConfigError
+from fashionseg.data.dataset import SegmentationDataset, load_all, scan_dataset
+from fashionseg.data.sampler import EpochShuffleSampler
+from fashionseg.data.split import split_indices
+from fashionseg.data.transforms import EvalTransform, TrainTransform
+
+SUBSETS = ("train", "val", "test")
+
+
+class FashionDataModule(L.LightningDataModule):
+    """Images + label maps, decoded once into memory, split 50/10/40 under a fixed seed.
+
+    Args:
+        root: folder with ``images/`` and ``labels/``.
+        label: which label file the task reads (``person`` or ``clothes``).
+        num_classes: classes of the task; label values must lie below it.
+        image_size: network input (H, W), or None to pad the native size to ``size_multiple``.
+        size_multiple: what the network's input sides must be divisible by.
+        split: train/val/test fractions; ``seed`` fixes the permutation.
+        augment: switches for ``transforms.augmentations`` (training split only).
+        limit: use only the first ``limit`` images (sorted order) — for smoke tests.
+    """
+
+    def __init__(self, root: str, label: str, num_classes: int, image_size: Sequence[int] | None = (384, 256),
+                 size_multiple: int = 32, split: Sequence[float] = (0.5, 0.1, 0.4), seed: int = 42,
+                 batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 0,
+                 augment: dict | None = None, limit: int | None = None, pin_memory: bool = False):
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
+        self.root, self.label, self.num_classes = Path(root), label, num_classes
+        self.image_size = list(image_size) if image_size is not None else None
+        self.size_multiple, self.split, self.seed = size_multiple, list(split), seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.pin_memory, self.augment, self.limit = num_workers, pin_memory, dict(augment or {}), limit
+        # Build the transforms now so that a bad size or augmentation fails before any file is read.
+        self.train_transform = TrainTransform(self.image_size, size_multiple, self.augment)
+        self.eval_transform = EvalTransform(self.image_size, size_multiple)
+        self.ids: dict[str, list[str]] = {}
+        self.datasets: dict[str, SegmentationDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:  # decoded once, whatever the stage
+            return
+        samples = scan_dataset(self.root, self.label)
+        if self.limit:
+            samples = samples[: self.limit]
+        parts = split_indices(len(samples), self.split, self.seed)
+        for name, idx in zip(SUBSETS, parts):
+            if not idx and self.split[SUBSETS.index(name)] > 0:
+                raise ConfigError(
+                    f"The {name} split is empty: {len(samples)} images split by {self.split}. "
+                    "Use more images (data.limit) or larger fractions (data.split)."
+                )
+        arrays = load_all(samples, self.num_classes)  # raises once, listing every bad file
+        for name, idx in zip(SUBSETS, parts):
+            transform = self.train_transform if name == "train" else self.eval_transform
+            self.ids[name] = [samples[i].id for i in idx]
+            self.datasets[name] = SegmentationDataset(self.ids[name], [arrays[i] for i in idx], transform, self.seed)
+
+    def class_frequencies(self) -> np.ndarray:
+        """Pixel share of each class over the training split's label maps, shape (K,)."""
+        self.setup("fit")
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        for _, label in self.datasets["train"].arrays:
+            counts += np.bincount(label.ravel(), minlength=self.num_classes)[: self.num_classes]
+        return counts / counts.sum()
+
+    def write_split(self, path: str | Path) -> None:
+        """Write the image ids of each subset, so that runs compare image for image."""
+        manifest = {"root": str(self.root), "seed": self.seed, "fractions": self.split,
+                    **{name: self.ids.get(name, []) for name in SUBSETS}}
+        Path(path).write_text(json.dumps(manifest, indent=1))
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        dataset, train = self.datasets[name], name == "train"
+        # Training order and augmentation follow (seed, epoch) alone: a resumed run repeats the original.
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
+        return DataLoader(
+            dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+            # A trailing training batch of one breaks BatchNorm (ASPP pooling): drop only that one.
+            drop_last=train and len(dataset) % self.batch_size == 1,
+            num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0, collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack items; ids stay a list. Evaluation labels must share one native size per batch."""
+    batch = {"id": [it["id"] for it in items]}
+    for key in ("image", "mask", "valid_hw"):
+        if key in items[0]:
+            shapes = {tuple(it[key].shape) for it in items}
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"Cannot batch {key} tensors of different shapes {sorted(shapes)} (ids {batch['id']}); "
+                    "evaluate with data.eval_batch_size=1 when photos differ in size."
+                )
+            batch[key] = torch.stack([it[key] for it in items])
+    return batch

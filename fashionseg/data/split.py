@@ -1,0 +1,31 @@
+"""The seeded train/val/test split of the reference study."""
+
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import random_split
+
+from fashionseg import ConfigError
+
+
+def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[list[int]]:
+    """Split ``range(n)`` exactly as ``torch.manual_seed(seed); random_split(ds, fractions)``.
+
+    The reference study seeded the global generator with 42 and called
+    ``random_split(ds, (0.5, 0.1, 0.4))`` on the 600 images in sorted order; a
+    private generator seeded the same way draws the same permutation, without
+    touching the global RNG state.
+
+    Returns:
+        One sorted list of indices per fraction.
+    """
+    if n <= 0:
+        raise ConfigError("Cannot split an empty data set: no images were found.")
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(
+            f"data.split must be three non-negative fractions (train, val, test) summing to 1, "
+            f"got {list(fractions)}; e.g. data.split=[0.5,0.1,0.4]."
+        )
+    generator = torch.Generator().manual_seed(seed)
+    subsets = random_split(range(n), list(fractions), generator=generator)
+    return [sorted(s.indices) for s in subsets]

@@ -1,0 +1,94 @@
+"""Albumentations pipelines: fit photos to the network's input, augment the training split.
+
+Items leave the pipeline as uint8 image tensors (3, H, W); the network normalises them.
+Training items have their label warped with the image; evaluation items keep the label at
+its native size so that metrics are computed at the label's own resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from fashionseg import ConfigError
+
+
+def fit_transform(size: Sequence[int] | None, multiple: int) -> A.BasicTransform:
+    """Resize to ``size`` (H, W), or with ``size=None`` pad bottom/right up to a multiple of ``multiple``."""
+    if size is None:
+        return A.PadIfNeeded(
+            min_height=None, min_width=None, pad_height_divisor=multiple, pad_width_divisor=multiple,
+            position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0,
+        )
+    h, w = (int(s) for s in size)
+    if h % multiple or w % multiple:
+        raise ConfigError(
+            f"data.image_size={[h, w]} is not divisible by {multiple}, which the model needs; "
+            f"use e.g. data.image_size=[{_round_up(h, multiple)},{_round_up(w, multiple)}] "
+            "or data.image_size=null to pad the native size."
+        )
+    return A.Resize(h, w, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)
+
+
+def augmentations(hflip: float = 0.5, scale: Sequence[float] | None = None, translate: float = 0.0,
+                  rotate: float = 0.0, color_jitter: float = 0.0) -> list[A.BasicTransform]:
+    """Training augmentations chosen by config switches (0 / null turns one off)."""
+    ops: list[A.BasicTransform] = []
+    if hflip:
+        ops.append(A.HorizontalFlip(p=hflip))
+    if scale or translate or rotate:
+        ops.append(A.Affine(
+            scale=tuple(scale) if scale else 1.0, translate_percent=(-translate, translate), rotate=(-rotate, rotate),
+            keep_ratio=True, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.8,
+        ))
+    if color_jitter:
+        ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                                 hue=min(color_jitter / 4, 0.5), p=0.8))
+    return ops
+
+
+class TrainTransform:
+    """Fit, then augment; label warped with the image (nearest neighbour)."""
+
+    def __init__(self, size: Sequence[int] | None, multiple: int, augment: dict | None = None):
+        self.pipeline = A.Compose([fit_transform(size, multiple), *augmentations(**(augment or {}))])
+
+    def reseed(self, seed: int) -> None:
+        self.pipeline.set_random_seed(seed)
+
+    def __call__(self, image: np.ndarray, label: np.ndarray) -> dict:
+        out = self.pipeline(image=image, mask=label)
+        return {"image": _to_chw(out["image"]), "mask": torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),
+                "valid_hw": torch.tensor(out["image"].shape[:2])}
+
+
+class EvalTransform:
+    """Fit the image only; the label keeps its native size.
+
+    ``valid_hw`` is the part of the network input that holds the photo (all of it when
+    resized, the top-left corner when padded): logits are cropped to it, then resized to the label.
+    """
+
+    def __init__(self, size: Sequence[int] | None, multiple: int):
+        self.fit = fit_transform(size, multiple)
+        self.resized = size is not None
+
+    def __call__(self, image: np.ndarray, label: np.ndarray | None = None) -> dict:
+        fitted = self.fit(image=image)["image"]
+        valid = fitted.shape[:2] if self.resized else image.shape[:2]
+        item = {"image": _to_chw(fitted), "valid_hw": torch.tensor(valid)}
+        if label is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(label)).long()
+        return item
+
+
+def _to_chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (3, H, W) uint8
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
