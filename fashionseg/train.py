@@ -85,7 +85,8 @@ def resume_config(cfg: DictConfig) -> DictConfig:
             f"ckpt_path=last, but {path} does not exist. Resume a run with "
             "`python train.py hydra.run.dir=<that run's directory> ckpt_path=last`."
         )
-    stored = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {}).get("config")
+    # mmap: only the config is read here; Lightning loads the tensors once, in fit().
+    stored = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {}).get("config")
     if not stored:
         raise ConfigError(f"{path} holds no fashionseg config; it was not written by train.py.")
     resumed = OmegaConf.create(stored)

@@ -49,14 +49,14 @@ def scan_dataset(root: str | Path, label: str) -> list[Sample]:
     images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DataError(f"No images (*.jpg, *.png) in {images_dir}. {DATA_HELP}")
+    suffix = f"_{LABEL_FILES[label]}.png"
     samples, missing = [], []
     for image in images:
-        label_path = labels_dir / f"{image.stem}_{LABEL_FILES[label]}.png"
+        label_path = labels_dir / f"{image.stem}{suffix}"
         if not label_path.is_file():
             missing.append(str(label_path))
         samples.append(Sample(image.stem, image, label_path))
     stems = {p.stem for p in images}
-    suffix = f"_{LABEL_FILES[label]}.png"
     orphans = sorted(str(images_dir / p.name.removesuffix(suffix)) + ".jpg" for p in labels_dir.glob(f"*{suffix}")
                      if p.name.removesuffix(suffix) not in stems)
     if orphans:
@@ -67,7 +67,7 @@ def scan_dataset(root: str | Path, label: str) -> list[Sample]:
     if missing:
         raise DataError(
             f"{len(missing)} label file(s) missing for images in {images_dir}: "
-            f"{_listing(missing)}. Each images/<id>.jpg needs labels/<id>_{LABEL_FILES[label]}.png; "
+            f"{_listing(missing)}. Each images/<id>.jpg needs labels/<id>{suffix}; "
             "restore the files or remove the images without labels."
         )
     return samples
