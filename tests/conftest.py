@@ -95,3 +95,27 @@ def train_cfg(data_root, tmp_path):
         return compose_cfg("train", [f"model={model}", *no_weights(model), *small_overrides(data_root, tmp_path),
                                      *overrides])
     return make
+
+
+def make_checkpoint(path: Path, data_root: Path, task: str = "person", model: str = "deeplabv3plus") -> Path:
+    """A checkpoint as train.py writes it (config + weights), of an untrained small network: no training needed."""
+    import torch
+
+    from fashionseg.train import build_module
+
+    cfg = compose_cfg("train", [f"model={model}", f"task={task}", *no_weights(model),
+                                *small_overrides(data_root, path.parent)])
+    module = build_module(cfg, cfg.loss)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def person_ckpt(tmp_path_factory, data_root) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "person.ckpt", data_root, "person")
+
+
+@pytest.fixture(scope="session")
+def fashion_ckpt(tmp_path_factory, data_root) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "fashion.ckpt", data_root, "fashion")

@@ -1,4 +1,6 @@
 from fashionseg.callbacks.epoch_seed import EpochSeed
 from fashionseg.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+from fashionseg.callbacks.images import PredictionImages
+from fashionseg.callbacks.refinements import RefinementReport
 
-__all__ = ["EpochSeed", "FiniteLossGuard", "NonFiniteLossError"]
+__all__ = ["EpochSeed", "FiniteLossGuard", "NonFiniteLossError", "PredictionImages", "RefinementReport"]

@@ -87,12 +87,15 @@ class FashionDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset, train = self.datasets[name], name == "train"
+        # Under DDP every process sees its share of the split (Lightning's distributed sampler).
+        world = self.trainer.world_size if self.trainer is not None else 1
+        share = -(-len(dataset) // world)
         # Training order and augmentation follow (seed, epoch) alone: a resumed run repeats the original.
         sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
         return DataLoader(
             dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
             # A trailing training batch of one breaks BatchNorm (ASPP pooling): drop only that one.
-            drop_last=train and len(dataset) % self.batch_size == 1,
+            drop_last=train and share % self.batch_size == 1,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0, collate_fn=collate,
         )

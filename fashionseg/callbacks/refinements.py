@@ -1,0 +1,37 @@
+"""Score refinements side by side after testing (the same table as `eval.py postprocess=[...]`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import lightning as L
+
+from fashionseg.postprocess.evaluate import evaluate_refinements, load_refinements, refinement_table
+
+log = logging.getLogger(__name__)
+
+
+class RefinementReport(L.Callback):
+    """At test end: every refinement of ``methods`` on the test split's probabilities.
+
+    The report lands in ``module.refinement_report`` (train.py writes it to results.json), each
+    method's mIoU and ms per image in the loggers (``test_refined/<method>/miou``), and the table in the log.
+    """
+
+    def __init__(self, methods: Sequence[str] = ("none", "cleanup", "crf", "superpixel"), batch_size: int = 8,
+                 params: dict | None = None):
+        self.methods, self.batch_size, self.params = list(methods), batch_size, dict(params or {})
+
+    def on_test_end(self, trainer: L.Trainer, module) -> None:
+        if not trainer.is_global_zero or trainer.datamodule is None:
+            return
+        refinements = load_refinements(self.methods, self.params)
+        report = evaluate_refinements(module, trainer.datamodule.datasets["test"], refinements, self.batch_size,
+                                      trainer.precision_plugin.test_step_context)
+        module.refinement_report = report
+        table = refinement_table(report, module.class_names)
+        log.info("Refinements on the test split (network: %.1f ms/image):\n%s", report["network_ms_per_image"], table)
+        for lg in trainer.loggers:
+            lg.log_metrics({f"test_refined/{m}/{k}": report[m][k] for m in self.methods
+                            for k in ("miou", "pixel_acc", "ms_per_image")}, step=trainer.global_step)

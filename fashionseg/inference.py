@@ -1,0 +1,117 @@
+"""Label new photos with a trained network: any size in, label maps at the photo's own size out.
+
+The network runs at the input size it was trained with (read from the checkpoint); its logits
+are cropped to the photo, resized back to the photo's size and turned into class
+probabilities. ``Predictor`` is what predict.py, app.py, export.py and the speed benchmark use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from fashionseg.data.transforms import EvalTransform
+
+# A runner maps a uint8 batch (B, 3, H, W) to float logits (B, K, H, W): the eager network or ONNX Runtime.
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Predictor:
+    """Photos (H, W, 3) uint8 RGB -> class probabilities / label maps of the same H, W.
+
+    Args:
+        net: network returning ``{"out": logits}`` (or a ``Runner`` returning logits).
+        class_names: K names; ``palette``: K RGB colours for overlays.
+        image_size: network input (H, W), or None to pad each photo to ``size_multiple``.
+        channels_last: run the network in channels-last memory format (faster on CPU).
+        bf16: bfloat16 autocast (CPU with AVX512_BF16, or CUDA).
+        tta_hflip: average the logits of each photo and its mirror image.
+        device: ``cpu`` or ``cuda``.
+    """
+
+    def __init__(self, net: nn.Module | Runner, class_names: Sequence[str], image_size: Sequence[int] | None,
+                 size_multiple: int = 32, palette: Sequence[Sequence[int]] | None = None, task: str = "",
+                 channels_last: bool = False, bf16: bool = False, tta_hflip: bool = False, device: str = "cpu"):
+        self.class_names, self.task = list(class_names), task
+        self.palette = np.asarray(palette if palette is not None else default_palette(len(self.class_names)), np.uint8)
+        self.image_size = list(image_size) if image_size is not None else None
+        self.transform = EvalTransform(self.image_size, size_multiple)
+        self.device = torch.device(device)
+        self.bf16, self.tta_hflip, self.channels_last = bf16, tta_hflip, channels_last
+        if isinstance(net, nn.Module):
+            net = net.eval().to(self.device)
+            if channels_last:
+                net = net.to(memory_format=torch.channels_last)
+        self.net = net
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs) -> Predictor:
+        """Network, classes, palette and input size all come from a train.py checkpoint."""
+        from fashionseg.checkpoint import load_checkpoint
+
+        module = load_checkpoint(path)
+        cfg = OmegaConf.create(module.hparams.config)
+        return cls(module.net, list(cfg.task.class_names), cfg.data.image_size, cfg.data.get("size_multiple", 32),
+                   palette=cfg.task.get("palette"), task=cfg.task.name, **kwargs)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.net(batch)
+            logits = (out["out"] if isinstance(out, dict) else out).float()
+            if self.tta_hflip:
+                flipped = self.net(batch.flip(-1))
+                logits = 0.5 * (logits + (flipped["out"] if isinstance(flipped, dict) else flipped).float().flip(-1))
+        return logits
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Softmax probabilities (K, H, W) float32 on the CPU, one per photo, at each photo's size."""
+        for i, image in enumerate(images):
+            if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+                got = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}"
+                raise ValueError(f"Photo {i}: expected an (H, W, 3) uint8 RGB array, got {got}. "
+                                 "Read files with fashionseg.io.read_photo, which converts any mode to RGB.")
+        items = [self.transform(image) for image in images]
+        shapes = {tuple(it["image"].shape) for it in items}
+        groups = [list(range(len(items)))] if len(shapes) == 1 else [[i] for i in range(len(items))]
+        result: list[torch.Tensor | None] = [None] * len(items)
+        for group in groups:
+            batch = torch.stack([items[i]["image"] for i in group]).to(self.device)
+            logits = self._logits(batch)
+            for j, i in enumerate(group):
+                vh, vw = (int(v) for v in items[i]["valid_hw"])
+                one = logits[j: j + 1, :, :vh, :vw]
+                size = images[i].shape[:2]
+                if tuple(one.shape[-2:]) != tuple(size):
+                    one = F.interpolate(one, size=size, mode="bilinear", align_corners=False)
+                result[i] = one[0].softmax(0).cpu()
+        return result
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Label maps (H, W) uint8, one per photo."""
+        return [p.argmax(0).to(torch.uint8).numpy() for p in self.probabilities(images)]
+
+
+def default_palette(k: int) -> list[list[int]]:
+    """PASCAL VOC's colour map: distinct colours for any number of classes."""
+    palette = []
+    for i in range(k):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append([r, g, b])
+    return palette

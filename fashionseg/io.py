@@ -1,0 +1,113 @@
+"""Photos in, pictures out: read any photo as RGB, write label maps, overlays with a legend and cut-outs."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+
+from fashionseg import DataError
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+def read_photo(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """Decode a photo (path or bytes) to RGB uint8 (H, W, 3), upright as its EXIF orientation says.
+
+    Grayscale, palette, CMYK and 16-bit photos are converted; transparent ones are laid on white.
+    Raises ``DataError`` naming the file when it is empty, not an image, or truncated.
+    """
+    name = name or (str(source) if not isinstance(source, bytes) else "upload")
+    if isinstance(source, bytes) and not source:
+        raise DataError(f"{name} is empty (0 bytes); give a JPEG or PNG photo.")
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except FileNotFoundError as e:
+        raise DataError(f"Photo {name} does not exist.") from e
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{name} is too large to decode safely ({e}); resize it first.") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"Cannot read {name} as an image ({e}); give a JPEG, PNG, BMP, TIFF or WebP photo.") from e
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """Any PIL mode to RGB uint8: alpha composited on white, 16/32-bit scaled to 8 bits."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255
+        im = Image.fromarray(a.round().astype(np.uint8), "L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return np.array(im.convert("RGB"))
+
+
+def list_photos(path: str | Path) -> list[Path]:
+    """A photo file, or the photos in a folder (sorted, by suffix, not recursive)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+    raise DataError(f"Input {path} does not exist; give a photo or a folder of photos.")
+
+
+def label_image(label: np.ndarray, palette: np.ndarray) -> Image.Image:
+    """A palette ('P') PNG whose pixel values are the class indices and whose colours are the palette."""
+    im = Image.fromarray(label.astype(np.uint8), "P")
+    flat = np.zeros((256, 3), np.uint8)
+    flat[: len(palette)] = palette
+    im.putpalette(flat.ravel().tolist())
+    return im
+
+
+def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray, class_names: Sequence[str],
+            opacity: float = 0.5, legend: bool = True) -> Image.Image:
+    """The photo with class colours blended in (background left as is), and a legend of the classes present."""
+    if image.shape[:2] != label.shape:
+        raise ValueError(f"Photo size {image.shape[:2]} and label size {label.shape} differ.")
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must lie in [0, 1], got {opacity}.")
+    colours = palette[label].astype(np.float32)
+    blend = image.astype(np.float32)
+    fg = label > 0
+    blend[fg] = (1 - opacity) * blend[fg] + opacity * colours[fg]
+    out = Image.fromarray(blend.round().astype(np.uint8), "RGB")
+    return add_legend(out, palette, class_names, present=np.unique(label)) if legend else out
+
+
+def add_legend(im: Image.Image, palette: np.ndarray, class_names: Sequence[str],
+               present: Sequence[int] | None = None) -> Image.Image:
+    """Append a legend column to the right of ``im``: a swatch and a name per class (present ones first)."""
+    font = ImageFont.load_default()
+    row, pad = 18, 6
+    order = list(range(len(class_names)))
+    width = pad * 3 + 14 + max(int(font.getlength(n)) for n in class_names) + 30
+    canvas = Image.new("RGB", (im.width + width, max(im.height, pad * 2 + row * len(order))), (255, 255, 255))
+    canvas.paste(im, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    present = set(int(p) for p in (present if present is not None else order))
+    for j, k in enumerate(order):
+        y, x = pad + j * row, im.width + pad
+        draw.rectangle([x, y, x + 14, y + 14], fill=tuple(int(c) for c in palette[k]), outline=(0, 0, 0))
+        text = class_names[k] + ("" if k in present else " (none)")
+        draw.text((x + 14 + pad, y + 1), text, fill=(0, 0, 0) if k in present else (150, 150, 150), font=font)
+    return canvas
+
+
+def cutout(image: np.ndarray, foreground: np.ndarray) -> Image.Image:
+    """RGBA cut-out: the photo with alpha = foreground probability (H, W) in [0, 1] or a boolean mask."""
+    if image.shape[:2] != foreground.shape:
+        raise ValueError(f"Photo size {image.shape[:2]} and mask size {foreground.shape} differ.")
+    alpha = (np.clip(foreground.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
+    return Image.fromarray(np.dstack([image, alpha]), "RGBA")

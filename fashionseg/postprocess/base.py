@@ -1,0 +1,44 @@
+"""The refinement interface and its input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def check_inputs(image: np.ndarray, probs: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert: image (H, W, 3) uint8, probs (K, H, W) float32 numpy. Raises ValueError saying what is wrong."""
+    if isinstance(probs, torch.Tensor):
+        probs = probs.detach().float().cpu().numpy()
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+        raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {getattr(image, 'shape', type(image))} "
+                         f"{getattr(image, 'dtype', '')}.")
+    if not (isinstance(probs, np.ndarray) and probs.ndim == 3 and probs.shape[0] >= 2):
+        raise ValueError(f"probs must be a (K, H, W) array of class probabilities with K >= 2, "
+                         f"got {getattr(probs, 'shape', type(probs))}.")
+    if probs.shape[1:] != image.shape[:2]:
+        raise ValueError(f"probs cover {probs.shape[1:]} pixels but the image is {image.shape[:2]}; "
+                         "resize the probabilities to the photo's size first.")
+    return image, np.ascontiguousarray(probs, dtype=np.float32)
+
+
+class Refinement:
+    """Base class: ``__call__(image, probs) -> label (H, W) uint8``."""
+
+    name = "refinement"
+
+    def __call__(self, image: np.ndarray, probs: np.ndarray | torch.Tensor) -> np.ndarray:
+        image, probs = check_inputs(image, probs)
+        return self.refine(image, probs).astype(np.uint8)
+
+    def refine(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Identity(Refinement):
+    """No refinement: the arg-max of the probabilities."""
+
+    name = "none"
+
+    def refine(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        return probs.argmax(0)

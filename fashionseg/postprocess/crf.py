@@ -1,0 +1,73 @@
+"""Fully connected CRF (Krähenbühl & Koltun, 2011) over the network's probabilities: our PyTorch backend or pydensecrf2."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fashionseg.postprocess.base import Refinement, check_inputs
+
+
+class DenseCRF(Refinement):
+    """Mean-field inference with a Gaussian smoothness kernel and a bilateral appearance kernel, Potts compatibility.
+
+    Args:
+        iterations: mean-field iterations.
+        gaussian_sxy, gaussian_compat: spatial kernel (pixels) and its weight.
+        bilateral_sxy, bilateral_srgb, bilateral_compat: appearance kernel (pixels, colour levels) and weight.
+        backend: ``torch`` (our batched PyTorch implementation, CPU or CUDA, see ``permutohedral.py``)
+            or ``pydensecrf2`` (the authors' C++ code, pip install pydensecrf2).
+        device: for the torch backend (default: CPU).
+    """
+
+    name = "crf"
+
+    def __init__(self, iterations: int = 5, gaussian_sxy: float = 3.0, gaussian_compat: float = 3.0,
+                 bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0, bilateral_compat: float = 10.0,
+                 backend: str = "torch", device: str | None = None):
+        if backend not in ("torch", "pydensecrf2"):
+            raise ValueError(f"Unknown CRF backend {backend!r}; available: torch, pydensecrf2.")
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}.")
+        self.iterations, self.backend = iterations, backend
+        self.gaussian = (gaussian_sxy, gaussian_compat)
+        self.bilateral = (bilateral_sxy, bilateral_srgb, bilateral_compat)
+        self.device = device
+
+    def torch_crf(self):
+        from fashionseg.postprocess.permutohedral import TorchDenseCRF
+
+        return TorchDenseCRF(self.iterations, *self.gaussian, *self.bilateral, device=self.device)
+
+    def refine_batch(self, images: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """Same-size photos at once: images (B, H, W, 3) uint8, probs (B, K, H, W) -> labels (B, H, W) uint8."""
+        if images.ndim != 4 or probs.ndim != 4 or images.shape[0] != probs.shape[0]:
+            raise ValueError(f"refine_batch needs images (B, H, W, 3) and probs (B, K, H, W); got {images.shape}, "
+                             f"{probs.shape}.")
+        for image, p in zip(images, probs):
+            check_inputs(image, p)
+        if self.backend == "pydensecrf2":
+            return np.stack([self.marginals(i, p).argmax(0) for i, p in zip(images, probs)]).astype(np.uint8)
+        q = self.torch_crf().marginals(torch.as_tensor(images), torch.as_tensor(probs, dtype=torch.float32))
+        return q.argmax(1).to(torch.uint8).cpu().numpy()
+
+    def marginals(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """The CRF's approximate marginals Q, (K, H, W) float32."""
+        if self.backend == "torch":
+            q = self.torch_crf().marginals(torch.as_tensor(image)[None], torch.as_tensor(probs, dtype=torch.float32)[None])
+            return q[0].cpu().numpy()
+        try:
+            import pydensecrf.densecrf as dcrf
+            from pydensecrf.utils import unary_from_softmax
+        except ImportError as e:
+            raise ImportError("The CRF needs pydensecrf2: pip install pydensecrf2 (or pip install -e '.[refine]').") from e
+        k, h, w = probs.shape
+        crf = dcrf.DenseCRF2D(w, h, k)
+        crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.clip(probs, 1e-8, 1.0))))
+        crf.addPairwiseGaussian(sxy=self.gaussian[0], compat=self.gaussian[1])
+        crf.addPairwiseBilateral(sxy=self.bilateral[0], srgb=self.bilateral[1], rgbim=np.ascontiguousarray(image),
+                                 compat=self.bilateral[2])
+        return np.asarray(crf.inference(self.iterations), dtype=np.float32).reshape(k, h, w)
+
+    def refine(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        return self.marginals(image, probs).argmax(0)

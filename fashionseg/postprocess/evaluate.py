@@ -1,0 +1,98 @@
+"""Score refinements side by side on a split: mIoU, pixel accuracy, per-class IoU and ms per image of each."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from fashionseg.metrics import scores
+from fashionseg.postprocess.base import Refinement
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "postprocess"
+
+
+def load_refinements(names: Sequence[str], overrides: Mapping | None = None) -> dict[str, Refinement]:
+    """Instantiate conf/postprocess/<name>.yaml for each name, with optional per-name parameter overrides."""
+    out = {}
+    for name in names:
+        path = CONF / f"{name}.yaml"
+        if not path.exists():
+            valid = sorted(p.stem for p in CONF.glob("*.yaml"))
+            raise ValueError(f"Unknown refinement {name!r}; valid: {valid}.")
+        cfg = OmegaConf.load(path)[name]  # each file nests its config under its own name
+        if overrides and name in overrides:
+            cfg = OmegaConf.merge(cfg, overrides[name])
+        out[name] = hydra.utils.instantiate(cfg)
+    return out
+
+
+def confusion(pred: np.ndarray, true: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(true.astype(np.int64).ravel() * k + pred.ravel(), minlength=k * k).reshape(k, k)
+
+
+@torch.no_grad()
+def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement], batch_size: int = 8,
+                         precision_context=None) -> dict:
+    """Run the network once per batch, then every refinement on the same probabilities.
+
+    ``dataset`` is a SegmentationDataset with evaluation transform (photos and labels at native size
+    in ``dataset.arrays``). ``precision_context``: a context manager factory for the network's forward
+    pass (the trainer's, e.g. bf16 autocast) so that the "none" row equals the test score. Returns ``{name: {scores..., "ms_per_image": refinement time}}`` plus
+    ``"network_ms_per_image"``.
+    """
+    names = list(module.class_names)
+    k = len(names)
+    cms = {name: np.zeros((k, k), np.int64) for name in refinements}
+    seconds = dict.fromkeys(refinements, 0.0)
+    network_s, device = 0.0, module.device
+    module.eval()
+    for start in range(0, len(dataset), batch_size):
+        idx = list(range(start, min(start + batch_size, len(dataset))))
+        items = [dataset[i] for i in idx]
+        photos = [dataset.arrays[i][0] for i in idx]
+        labels = [dataset.arrays[i][1] for i in idx]
+        t = time.perf_counter()
+        probs = []
+        same = len({tuple(it["image"].shape) for it in items}) == 1 and len({lab.shape for lab in labels}) == 1
+        groups = [idx] if same else [[i] for i in idx]
+        for group in groups:
+            pos = [idx.index(i) for i in group]
+            images = torch.stack([items[p]["image"] for p in pos]).to(device)
+            with precision_context() if precision_context else contextlib.nullcontext():
+                logits = module.predict_logits(images, items[pos[0]]["valid_hw"][None], labels[pos[0]].shape)
+            probs += list(logits.softmax(1).float().cpu())
+        network_s += time.perf_counter() - t
+        for name, refine in refinements.items():
+            t = time.perf_counter()
+            if hasattr(refine, "refine_batch") and len({p.shape for p in photos}) == 1:
+                preds = refine.refine_batch(np.stack(photos), torch.stack(probs).numpy())
+            else:
+                preds = [refine(photo, p) for photo, p in zip(photos, probs)]
+            seconds[name] += time.perf_counter() - t
+            for pred, true in zip(preds, labels):
+                cms[name] += confusion(np.asarray(pred), true, k)
+    n = len(dataset)
+    report = {name: {**scores(torch.from_numpy(cms[name]), names), "ms_per_image": 1000 * seconds[name] / n,
+                     "confusion": cms[name].tolist()} for name in refinements}
+    report["network_ms_per_image"] = 1000 * network_s / n
+    return report
+
+
+def refinement_table(report: Mapping, class_names: Sequence[str]) -> str:
+    """Markdown table, one row per refinement: mIoU, pixel accuracy, per-class IoU, ms per image."""
+    header = ["refinement", "mIoU", "pixel acc", *class_names, "ms/image"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, s in report.items():
+        if not isinstance(s, Mapping):
+            continue
+        cells = [name, f"{100 * s['miou']:.2f}", f"{100 * s['pixel_acc']:.2f}",
+                 *[f"{100 * s[f'iou_{c}']:.1f}" for c in class_names], f"{s['ms_per_image']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

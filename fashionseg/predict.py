@@ -1,0 +1,95 @@
+"""Prediction on new photos: label map (palette PNG), overlay with legend and, for person, a cut-out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from fashionseg import ConfigError, DataError
+from fashionseg.inference import Predictor
+from fashionseg.io import cutout, label_image, list_photos, overlay, read_photo
+from fashionseg.postprocess import Identity, Refinement
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device={device!r}: use cpu, cuda or auto.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but no CUDA GPU is available; use device=cpu.")
+    return device
+
+
+def write_outputs(predictor: Predictor, photo: np.ndarray, probs: torch.Tensor, label: np.ndarray, out_dir: Path,
+                  stem: str, opacity: float) -> list[Path]:
+    """<stem>_label.png (class indices, palette colours), <stem>_overlay.png, and <stem>_cutout.png for person."""
+    paths = [out_dir / f"{stem}_label.png", out_dir / f"{stem}_overlay.png"]
+    label_image(label, predictor.palette).save(paths[0])
+    overlay(photo, label, predictor.palette, predictor.class_names, opacity).save(paths[1])
+    if predictor.task == "person" or predictor.class_names == ["background", "person"]:
+        paths.append(out_dir / f"{stem}_cutout.png")
+        # Soft edges from the probability, hard zeros where the refined label says background.
+        alpha = probs[1].numpy() * (label == 1) if len(predictor.class_names) == 2 else label > 0
+        cutout(photo, alpha).save(paths[-1])
+    return paths
+
+
+def single_refinement(node) -> Refinement:
+    """The one refinement selected with postprocess=<name> (configs nest under their name)."""
+    if not node:
+        return Identity()
+    if len(node) != 1:
+        raise ConfigError(f"predict.py applies one refinement; got postprocess={list(node)}. Choose one, e.g. "
+                          "postprocess=cleanup (eval.py compares several side by side).")
+    return hydra.utils.instantiate(next(iter(node.values())))
+
+
+def batches(paths: Sequence[Path], size: int) -> Iterator[list[Path]]:
+    for i in range(0, len(paths), size):
+        yield list(paths[i: i + size])
+
+
+def predict(cfg: DictConfig) -> dict:
+    """Label every photo of ``cfg.input``; unreadable files are reported by name and skipped. Returns a summary."""
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}.")
+    photos = list_photos(cfg.input)
+    if not photos:
+        raise DataError(f"No photos in {cfg.input} (looked for .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .gif).")
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=resolve_device(cfg.device), bf16=cfg.bf16,
+                                          channels_last=cfg.channels_last, tta_hflip=cfg.tta_hflip)
+    refine: Refinement = single_refinement(cfg.get("postprocess"))
+    out_dir = Path(cfg.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, failed = [], {}
+    with tqdm(total=len(photos), desc="predict", unit="photo", disable=len(photos) == 1) as bar:
+        for group in batches(photos, cfg.batch_size):
+            images, names = [], []
+            for path in group:
+                try:
+                    images.append(read_photo(path))
+                    names.append(path)
+                except DataError as e:
+                    failed[str(path)] = str(e)
+                    log.error("Skipped %s: %s", path, e)
+                    bar.update(1)
+            if not images:
+                continue
+            for path, photo, probs in zip(names, images, predictor.probabilities(images)):
+                label = refine(photo, probs)
+                written.append(write_outputs(predictor, photo, probs, label, out_dir, path.stem, cfg.opacity))
+                bar.update(1)
+    log.info("Labelled %d of %d photos into %s", len(written), len(photos), out_dir)
+    if failed:
+        log.error("%d file(s) could not be read: %s", len(failed), ", ".join(failed))
+    return {"written": [[str(p) for p in w] for w in written], "failed": failed, "output": str(out_dir)}

@@ -1,0 +1,324 @@
+"""Speed benchmark: our training loop against a bare PyTorch loop, the data pipeline, inference latency.
+
+Prints one table per section and writes everything to a JSON file. All numbers come from this
+process (training: alternating rounds, median), so ratios compare like with like.
+
+    python scripts/benchmark_speed.py                                   # the issue's settings
+    python scripts/benchmark_speed.py --ckpt outputs/.../best.ckpt --onnx   # + a trained recipe
+    python scripts/benchmark_speed.py --sections infer --infer-models u2netp
+
+Sections:
+  train  images/s of DeepLabv3+ (or --model) at --size/--batch through the LightningModule +
+         DataModule + Trainer of train.py (validation and checkpoint writing off), and through a
+         plain loop (DataLoader, forward, cross-entropy, backward, Adam step) on a copy of the same
+         network with the same data, batch size and bf16 autocast; their ratio.
+  data   images/s the training DataLoader delivers (decoded data, augmentation, collation, one
+         process), against the fastest training throughput measured in `train`.
+  infer  ms per 600x400 photo, photo in -> label map out (resize, network, upsampling, argmax),
+         batch 1, for each architecture config and each --ckpt; variants: eager fp32,
+         channels_last, bf16 autocast, bf16 + channels_last, ONNX Runtime (--onnx). Peak resident
+         memory of a fresh process per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from fashionseg.train import build_module, instantiate_dict  # noqa: E402
+
+VARIANTS = {  # name -> Predictor options
+    "eager fp32": dict(channels_last=False, bf16=False),
+    "channels_last": dict(channels_last=True, bf16=False),
+    "bf16": dict(channels_last=False, bf16=True),
+    "bf16+channels_last": dict(channels_last=True, bf16=True),
+}
+
+
+def compose_cfg(overrides: list[str]):
+    out_dir = Path(tempfile.gettempdir()) / "fashionseg-benchmark"  # no Hydra run dir outside train.py
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={out_dir}", *overrides])
+
+
+def data_root(args) -> str:
+    root = args.data or os.environ.get("FASHIONSEG_DATA") or str(ROOT.parent / "shared/data/fashionista-csc420")
+    if not Path(root).is_dir():
+        sys.exit(f"Data set not found at {root}: pass --data or set FASHIONSEG_DATA (see README).")
+    return root
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+
+class WindowTimer(L.Callback):
+    """Wall time from the end of batch ``warmup - 1`` to the end of batch ``warmup + steps - 1``."""
+
+    def __init__(self, warmup: int, steps: int):
+        self.warmup, self.steps, self.start, self.seconds = warmup, steps, None, None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx == self.warmup - 1:
+            self.start = time.perf_counter()
+        elif batch_idx == self.warmup + self.steps - 1:
+            self.seconds = time.perf_counter() - self.start
+
+
+def time_ours(cfg, module, datamodule, warmup: int, steps: int, log_dir: str) -> float:
+    timer = WindowTimer(warmup, steps)
+    callbacks = [c for c in instantiate_dict(cfg.callbacks) if not isinstance(c, L.pytorch.callbacks.ModelCheckpoint)]
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=log_dir,
+        callbacks=[*callbacks, timer], logger=instantiate_dict(cfg.logger) or False,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return steps * datamodule.batch_size / timer.seconds
+
+
+def time_bare(net, dataset, batch_size: int, lr: float, bf16: bool, warmup: int, steps: int) -> float:
+    """The plainest loop that does the same work: no framework, no logging, no callbacks."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    start = None
+    for i, batch in enumerate(loader):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            # The loss in float32, as the module's CrossEntropy computes it: the same work in both loops.
+            loss = F.cross_entropy(net(batch["image"])["out"].float(), batch["mask"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if i == warmup - 1:
+            start = time.perf_counter()
+        elif i == warmup + steps - 1:
+            return steps * batch_size / (time.perf_counter() - start)
+    raise ValueError(f"{warmup + steps} batches needed, the training split has {len(loader)}.")
+
+
+def bench_train(args, root: str) -> dict:
+    h, w = args.size
+    cfg = compose_cfg([f"model={args.model}", "loss=ce", f"data.image_size=[{h},{w}]", f"data.batch_size={args.batch}",
+                       "data.num_workers=0", f"data.root={root}", "model.net.encoder_weights=null", "logger=csv",
+                       *args.overrides])
+    L.seed_everything(0, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    module = build_module(cfg, cfg.loss)
+    bare_net = copy.deepcopy(module.net)  # same initial weights
+    bf16 = str(cfg.trainer.precision).startswith("bf16")
+    ours, bare = [], []
+    with tempfile.TemporaryDirectory() as log_dir:
+        for r in range(args.rounds):  # alternate the order so that drift hits both alike
+            for which in (("ours", "bare") if r % 2 == 0 else ("bare", "ours")):
+                if which == "ours":
+                    ours.append(time_ours(cfg, module, datamodule, args.warmup, args.steps, log_dir))
+                else:
+                    bare.append(time_bare(bare_net, datamodule.datasets["train"], args.batch, cfg.optimizer.lr, bf16,
+                                          args.warmup, args.steps))
+            print(f"  round {r + 1}/{args.rounds}: ours {ours[-1]:.2f} img/s, bare {bare[-1]:.2f} img/s", flush=True)
+    ratios = [o / b for o, b in zip(ours, bare)]
+    return {
+        "model": cfg.model.name, "encoder": cfg.model.net.get("encoder_name"), "input_hw": [h, w],
+        "batch_size": args.batch, "precision": str(cfg.trainer.precision), "steps_per_round": args.steps,
+        "ours_img_s": ours, "bare_img_s": bare, "ratios": ratios,
+        "ours_median": statistics.median(ours), "bare_median": statistics.median(bare),
+        "ratio_median": statistics.median(ratios),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def bench_data(args, root: str, consume_img_s: float | None) -> dict:
+    h, w = args.size
+    cfg = compose_cfg([f"data.image_size=[{h},{w}]", f"data.batch_size={args.batch}", "data.num_workers=0",
+                       f"data.root={root}", *args.overrides])
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    loader.sampler.set_epoch(0)
+    n, start = 0, time.perf_counter()
+    for epoch in range(args.data_epochs):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            n += len(batch["id"])
+    img_s = n / (time.perf_counter() - start)
+    return {"input_hw": [h, w], "batch_size": args.batch, "num_workers": 0, "augment": OmegaConf.to_container(cfg.data.augment),
+            "images": n, "img_s": img_s, "fastest_training_img_s": consume_img_s,
+            "headroom": img_s / consume_img_s if consume_img_s else None}
+
+
+# ----------------------------------------------------------------------------------------------- infer
+
+
+def time_call(fn, min_reps: int = 3, max_reps: int = 10, budget_s: float = 8.0) -> float:
+    """Median seconds of ``fn()`` after warm-up (two calls; one for calls over a second, then 2 timed at least)."""
+    t = time.perf_counter()
+    fn()
+    if time.perf_counter() - t < 1.0:
+        fn()
+    else:
+        min_reps = 2
+    times, start = [], time.perf_counter()
+    while len(times) < min_reps or (len(times) < max_reps and time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
+    """One model, every variant, in a fresh process (so that peak memory is this model's)."""
+    try:
+        from fashionseg.inference import Predictor
+
+        rows = []
+        if spec.get("ckpt"):
+            base = Predictor.from_checkpoint(spec["ckpt"])
+            net, names, size, name = base.net, base.class_names, base.image_size, spec["name"]
+        else:
+            no_weights = ["model.net.encoder_weights=null"] if spec["model"].startswith("deeplab") else []
+            cfg = compose_cfg([f"model={spec['model']}", f"task={spec['task']}", *no_weights,
+                               f"data.image_size={spec['size']}"])
+            net, names, size, name = hydra.utils.instantiate(cfg.model.net), list(cfg.task.class_names), \
+                cfg.data.image_size, spec["model"]
+        label = "native 608x416" if size is None else f"{size[0]}x{size[1]}"
+        for variant, opts in VARIANTS.items():
+            predictor = Predictor(copy.deepcopy(net), names, size, **opts)
+            rows.append({"model": name, "input": label, "variant": variant,
+                         "ms": 1000 * time_call(lambda: predictor([photo]))})
+        if spec.get("onnx"):
+            from fashionseg.export import OnnxRunner, export_onnx
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = export_onnx(net.eval(), Path(tmp) / "model.onnx", size or [608, 416])
+                predictor = Predictor(OnnxRunner(path), names, size)
+                rows.append({"model": name, "input": label, "variant": "onnxruntime",
+                             "ms": 1000 * time_call(lambda: predictor([photo]))})
+        peak_mb = peak_rss_mb()
+        for row in rows:
+            row["peak_rss_mb"] = round(peak_mb)
+        queue.put(rows)
+    except Exception as e:  # report, and let the other models run
+        queue.put([{"model": spec.get("name") or spec.get("model"), "error": f"{type(e).__name__}: {e}"}])
+
+
+def bench_infer(args, root: str) -> list[dict]:
+    from fashionseg.io import list_photos, read_photo
+
+    photo = read_photo(list_photos(Path(root) / "images")[0])
+    assert photo.shape[:2] == (600, 400), photo.shape
+    size = "null" if args.infer_size == "native" else "[{},{}]".format(*args.infer_size.split("x"))
+    # ONNX export (torch.onnx dynamo) takes a minute or more per network: only for the trained checkpoints.
+    specs = [{"model": m, "task": args.infer_task, "size": size, "onnx": False} for m in args.infer_models]
+    specs += [{"ckpt": c, "name": Path(c).parent.parent.name or Path(c).stem, "onnx": args.onnx} for c in args.ckpt]
+    ctx = mp.get_context("spawn")
+    rows = []
+    for spec in specs:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=infer_job, args=(spec, photo, queue))
+        proc.start()
+        got = queue.get()
+        proc.join()
+        for row in got:
+            print("  " + "  ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                  flush=True)
+        rows += got
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", default="train,data,infer", help="comma-separated: train, data, infer")
+    p.add_argument("--data", help="data set root (default: $FASHIONSEG_DATA or ../shared/data/fashionista-csc420)")
+    p.add_argument("--model", default="deeplabv3plus", help="model config for the training comparison")
+    p.add_argument("--size", type=int, nargs=2, default=[320, 224], metavar=("H", "W"), help="training input size")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=7, help="alternating rounds of ours/bare")
+    p.add_argument("--warmup", type=int, default=3, help="batches before the timed window, per round")
+    p.add_argument("--steps", type=int, default=25, help="timed batches per round")
+    p.add_argument("--data-epochs", type=int, default=2, help="epochs over the training split for `data`")
+    p.add_argument("--infer-models", nargs="*", default=["deeplabv3plus", "deeplabv3", "u2net", "u2netp"])
+    p.add_argument("--infer-task", default="fashion")
+    p.add_argument("--infer-size", default="native", help="`native` (pad 600x400 to 608x416) or HxW")
+    p.add_argument("--ckpt", nargs="*", default=[], help="trained checkpoints to time at their own input size")
+    p.add_argument("--onnx", action="store_true", help="also time ONNX Runtime for each --ckpt (needs the deploy extra)")
+    p.add_argument("--out", default=str(ROOT / "outputs/benchmarks/speed.json"))
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for the training config, e.g. trainer.precision=32")
+    args = p.parse_args(argv)
+    sections = set(args.sections.split(","))
+    if sections - {"train", "data", "infer"}:
+        p.error(f"unknown sections {sorted(sections - {'train', 'data', 'infer'})}; use train, data, infer")
+    root = data_root(args)
+    result = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
+              "command": " ".join(["python", "scripts/benchmark_speed.py", *sys.argv[1:]])}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    if "train" in sections:
+        print(f"Training throughput, {args.model} {args.size[0]}x{args.size[1]} batch {args.batch}:", flush=True)
+        t = result["train"] = bench_train(args, root)
+        print(table([["ours (LightningModule + DataModule + Trainer)", t["ours_median"]],
+                     ["bare PyTorch loop", t["bare_median"]], ["ratio ours / bare (median of rounds)", t["ratio_median"]]],
+                    ["training loop", "images/s"]) + "\n", flush=True)
+    if "data" in sections:
+        fastest = max(result["train"]["ours_median"], result["train"]["bare_median"]) if "train" in result else None
+        d = result["data"] = bench_data(args, root, fastest)
+        print(table([["data pipeline (augmented, 1 process)", d["img_s"]],
+                     ["fastest training loop above", fastest or "-"],
+                     ["headroom (pipeline / training)", d["headroom"] or "-"]], ["", "images/s"]) + "\n", flush=True)
+    if "infer" in sections:
+        print("Inference, one 600x400 photo -> label map, batch 1:", flush=True)
+        rows = result["infer"] = bench_infer(args, root)
+        print(table([[r["model"], r.get("input", ""), r.get("variant", ""), r.get("ms", r.get("error")),
+                      r.get("peak_rss_mb", "")] for r in rows],
+                    ["model", "input", "variant", "ms/image", "peak RSS MB"]), flush=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"\nWritten to {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""predict.py: outputs per photo at the photo's size, any mode/orientation, bad files reported and skipped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashionseg import DataError
+from fashionseg.inference import Predictor
+from fashionseg.io import read_photo
+from fashionseg.predict import predict
+from tests.conftest import compose_cfg
+
+
+def predict_cfg(ckpt, input_path, out, *overrides):
+    return compose_cfg("predict", [f"ckpt_path={ckpt}", f"input={input_path}", f"output={out}",
+                                   f"paths.output_dir={out}", *overrides])
+
+
+def test_folder_sizes_modes_and_a_corrupt_file(person_ckpt, tmp_path, caplog):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (90, 70, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(photos / "a_rgb.jpg")
+    Image.fromarray(rgb[:50, :120 // 2]).convert("L").save(photos / "b_gray.png")
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(photos / "c_rgba.png")
+    Image.fromarray(rgb).convert("CMYK").save(photos / "d_cmyk.jpg")
+    Image.fromarray(rng.integers(0, 255, (33, 150, 3), dtype=np.uint8)).save(photos / "e_wide.png")
+    (photos / "f_corrupt.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    out = tmp_path / "out"
+    result = predict(predict_cfg(person_ckpt, photos, out, "batch_size=2"))
+    assert list(result["failed"]) == [str(photos / "f_corrupt.jpg")]
+    assert "f_corrupt.jpg" in caplog.text
+    assert len(result["written"]) == 5
+    for src in sorted(photos.glob("[a-e]_*")):
+        with Image.open(src) as im:
+            size = im.size
+        label = Image.open(out / f"{src.stem}_label.png")
+        assert label.mode == "P" and label.size == size
+        assert np.array(label).max() <= 1
+        assert Image.open(out / f"{src.stem}_overlay.png").height >= size[1]
+        cut = Image.open(out / f"{src.stem}_cutout.png")
+        assert cut.mode == "RGBA" and cut.size == size
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    im = Image.fromarray(np.zeros((40, 60, 3), np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    im.save(tmp_path / "rot.jpg", exif=exif)
+    assert read_photo(tmp_path / "rot.jpg").shape == (60, 40, 3)
+
+
+def test_fashion_has_no_cutout_and_classes_come_from_checkpoint(fashion_ckpt, tmp_path):
+    Image.fromarray(np.full((64, 48, 3), 100, np.uint8)).save(tmp_path / "x.png")
+    predict(predict_cfg(fashion_ckpt, tmp_path / "x.png", tmp_path / "out"))
+    assert (tmp_path / "out" / "x_label.png").exists() and not (tmp_path / "out" / "x_cutout.png").exists()
+    assert Predictor.from_checkpoint(fashion_ckpt).class_names[-1] == "dress"
+
+
+def test_empty_and_missing_inputs_are_clear_errors(person_ckpt, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="No photos in"):
+        predict(predict_cfg(person_ckpt, tmp_path / "empty", tmp_path / "out"))
+    with pytest.raises(DataError, match="does not exist"):
+        predict(predict_cfg(person_ckpt, tmp_path / "nope", tmp_path / "out"))
+    with pytest.raises(DataError, match="empty"):
+        read_photo(b"")
+
+
+def test_postprocess_option(person_ckpt, tmp_path):
+    Image.fromarray(np.full((64, 48, 3), 100, np.uint8)).save(tmp_path / "x.png")
+    predict(predict_cfg(person_ckpt, tmp_path / "x.png", tmp_path / "out", "postprocess=cleanup"))
+    assert Image.open(tmp_path / "out" / "x_label.png").size == (48, 64)

@@ -1,0 +1,177 @@
+"""Experiment tracking and sweeps, offline: W&B files, sweep summaries, Optuna, a failing job, DDP on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, small_overrides
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from summarize_runs import summarize  # noqa: E402
+
+
+def run_train(args: list[str], timeout: int = 600, **env) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def sweep_overrides(data_root: Path, tmp_path: Path) -> list[str]:
+    return [o for o in small_overrides(data_root, tmp_path) if not o.startswith("paths.output_dir")] + [
+        "model=deeplabv3plus", "model.net.encoder_weights=null", "task=person"]
+
+
+def read_wandb_records(run_file: Path) -> list:
+    """Records of an offline .wandb file: W&B's LevelDB-style log (7-byte file header, 32 KiB blocks,
+    chunks with a 7-byte header: crc32, length, type FULL/FIRST/MIDDLE/LAST), each a protobuf Record."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B", "not a W&B run file"
+    block, pos, records, pending = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # too little room for a chunk header: the block is padded
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:  # zero padding up to the next block
+            pos += block - pos % block
+            continue
+        chunk = data[pos + 7: pos + 7 + length]
+        pos += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_wandb_offline_run_has_config_history_and_masks(train_cfg, tmp_path, monkeypatch):
+    from fashionseg.train import train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = train_cfg("logger=wandb", "trainer.max_epochs=2", "callbacks.prediction_images.every_n_epochs=1",
+                    "callbacks.prediction_images.num_images=2", "task=fashion")
+    train(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list(tmp_path.rglob("*"))
+    run = runs[0]
+    records = read_wandb_records(next(run.glob("*.wandb")))
+    config_keys = {u.key for r in records if r.HasField("config") for u in r.config.update}
+    assert "config" in config_keys  # the full resolved Hydra config
+    config_json = next(json.loads(u.value_json) for r in records if r.HasField("config") for u in r.config.update
+                       if u.key == "config")
+    assert config_json["model"]["name"] == "deeplabv3plus" and config_json["task"]["name"] == "fashion"
+    # History rows (newer W&B writes nested keys: "val/predictions/_type" etc.).
+    history = [{i.key or "/".join(i.nested_key): i.value_json for i in r.history.item}
+               for r in records if r.HasField("history")]
+    assert sum("val/miou" in h for h in history) == 2 and any("train/loss_step" in h for h in history)
+    assert any("val/iou_dress" in h for h in history)
+    panels = [h for h in history if "val/predictions/_type" in h]
+    assert panels and json.loads(panels[0]["val/predictions/_type"]) == "images/separated"
+    assert "val/predictions/all_masks" in panels[0]  # prediction and ground-truth mask layers
+    assert any("val/confusion_matrix/_type" in h for h in history)
+    masks = list((run / "files" / "media" / "images" / "mask").rglob("*.png"))
+    assert masks, "mask PNGs of the validation panel"
+
+
+def test_sweep_with_a_failing_job_and_summary(data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    # The second job names an encoder that does not exist: it fails, the first one's results stay.
+    proc = run_train(["-m", *sweep_overrides(data_root, tmp_path), f"hydra.sweep.dir={sweep}",
+                      "model.net.encoder_name=tu-tf_efficientnet_lite0,no_such_encoder"])
+    assert proc.returncode != 0 and "no_such_encoder" in proc.stderr
+    assert (sweep / "0" / "results.json").exists() and not (sweep / "1" / "results.json").exists()
+    summary = summarize(sweep)
+    states = [j["state"] for j in summary["jobs"]]
+    assert states == ["done", "failed"], summary["table"]
+    assert summary["swept"] == ["model.net.encoder_name"]
+    for name in ("summary.txt", "summary.csv", "summary.png"):
+        assert (sweep / name).stat().st_size > 0
+
+
+def test_two_job_sweep_summary_sorted(data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_train(["-m", *sweep_overrides(data_root, tmp_path), f"hydra.sweep.dir={sweep}",
+                      "optimizer.lr=0.003,0.0001"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = summarize(sweep)
+    vals = [j["val_miou"] for j in summary["jobs"]]
+    assert len(vals) == 2 and vals == sorted(vals, reverse=True)
+    assert "optimizer.lr" in summary["table"].splitlines()[0]
+
+
+def test_optuna_two_trials(data_root, tmp_path):
+    sweep = tmp_path / "optuna"
+    proc = run_train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", *sweep_overrides(data_root, tmp_path),
+                      f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list(sweep.glob("*/results.json"))) == 2
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "best_value" in best
+    assert len(summarize(sweep)["jobs"]) == 2
+
+
+def test_ddp_two_cpu_processes(data_root, tmp_path):
+    out = tmp_path / "ddp"
+    overrides = [o for o in small_overrides(data_root, out)]
+    proc = run_train(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+                      "model.net.encoder_weights=null", "task=person", *overrides, f"hydra.run.dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["test"]["miou"] > 0 and results["config"]["trainer"]["strategy"] == "ddp"
+
+
+@pytest.mark.parametrize("env, offline", [({"WANDB_MODE": "offline"}, True), ({"WANDB_API_KEY": "x" * 40}, False)])
+def test_wandb_mode_choice(env, offline, monkeypatch, tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from fashionseg.tracking import configure_wandb
+
+    for key in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cfg = OmegaConf.create({"logger": {"wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger",
+                                                 "project": "p", "save_dir": str(tmp_path), "offline": None,
+                                                 "group": None, "name": None}}})
+    configure_wandb(cfg)
+    assert cfg.logger.wandb.offline is offline
+    assert ("W&B: offline" in caplog.text) is offline
+
+
+def test_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu" and launcher.gpus_per_node == 1
+
+
+def test_sweep_file_drives_train_py_with_hydra_overrides():
+    import yaml
+
+    from tests.conftest import compose_cfg
+
+    sweep = yaml.safe_load((ROOT / "sweeps" / "fashion.yaml").read_text())
+    assert sweep["program"] == "train.py" and "${args_no_hyphens}" in sweep["command"]
+    # Every swept key is a valid override of the training config.
+    overrides = [f"{k}={(v.get('values') or [v.get('min')])[0]}" for k, v in sweep["parameters"].items()]
+    cfg = compose_cfg("train", overrides)
+    assert cfg.loss is not None
