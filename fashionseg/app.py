@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -24,6 +23,7 @@ from PIL import Image
 from fashionseg import DataError
 from fashionseg.inference import Predictor
 from fashionseg.io import cutout, label_image, read_photo
+from fashionseg.postprocess.evaluate import load_refinements
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +50,26 @@ def colour_mask(label: np.ndarray, palette: np.ndarray) -> Image.Image:
     return Image.fromarray(rgba, "RGBA")
 
 
-def load_refinements(conf_dir: Path) -> dict:
-    """Instantiate every refinement whose dependencies are installed; the others are left out of the menu."""
-    from omegaconf import OmegaConf
-
+def menu_refinements() -> dict:
+    """The demo's refinements (conf/postprocess/), leaving out a pydensecrf2 CRF when that is not installed."""
+    loaded = load_refinements(list(REFINEMENTS.values()))
     available = {}
     for shown, name in REFINEMENTS.items():
-        refinement = hydra.utils.instantiate(OmegaConf.load(conf_dir / "postprocess" / f"{name}.yaml")[name])
-        if getattr(refinement, "backend", None) == "pydensecrf2":
+        if getattr(loaded[name], "backend", None) == "pydensecrf2":
             try:
                 import pydensecrf.densecrf  # noqa: F401
             except ImportError:
                 log.warning("pydensecrf2 is not installed: the CRF refinement is not offered.")
                 continue
-        available[shown] = refinement
+        available[shown] = loaded[name]
     return available
 
 
 def create_app(checkpoints: dict[str, str | None], max_upload_mb: float = 10.0, max_pixels: int = 25_000_000,
-               device: str = "cpu", bf16: bool = False, conf_dir: str | Path | None = None) -> FastAPI:
+               device: str = "cpu", bf16: bool = False) -> FastAPI:
     """The demo server. ``checkpoints`` maps task name (person, fashion) to a checkpoint path or None."""
     app = FastAPI(title="fashionseg demo")
-    conf_dir = Path(conf_dir) if conf_dir else Path(__file__).resolve().parents[1] / "conf"
-    refinements = load_refinements(conf_dir)
+    refinements = menu_refinements()
     tasks = {task: str(path) for task, path in checkpoints.items() if path}
     predictors: dict[str, Predictor] = {}
     lock = threading.Lock()  # one prediction at a time: the CPU is shared anyway

@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from fashionseg.metrics import scores
 
 
 def confusion_figure(confusion: Sequence[Sequence[float]], class_names: Sequence[str], path,
@@ -21,9 +24,8 @@ def confusion_figure(confusion: Sequence[Sequence[float]], class_names: Sequence
     if cm.shape != (k, k):
         raise ValueError(f"Confusion matrix of shape {cm.shape} for {k} classes.")
     rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    tp = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - tp
-    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    s = scores(torch.from_numpy(cm), class_names)
+    iou = np.array([s[f"iou_{name}"] for name in class_names])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(5 + 0.9 * k, 0.6 * k + 2.6), gridspec_kw={"width_ratios": [1.2, 1]})
     im = ax1.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     ax1.set_xticks(range(k), class_names, rotation=45, ha="right")

@@ -30,7 +30,9 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from fashionseg.checkpoint import load_checkpoint  # noqa: E402
+from fashionseg.metrics import scores  # noqa: E402
 from fashionseg.postprocess import DenseCRF  # noqa: E402
+from fashionseg.postprocess.evaluate import confusion  # noqa: E402
 
 
 def test_photos(ckpt: str, root: str, n: int):
@@ -54,10 +56,7 @@ def test_photos(ckpt: str, root: str, n: int):
 
 
 def miou(preds: np.ndarray, labels: np.ndarray, k: int) -> float:
-    cm = np.bincount(labels.astype(np.int64).ravel() * k + preds.astype(np.int64).ravel(), minlength=k * k).reshape(k, k)
-    tp = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - tp
-    return float(np.nanmean(np.where(union > 0, tp / np.maximum(union, 1), np.nan)))
+    return scores(torch.from_numpy(confusion(preds, labels, k)), [str(c) for c in range(k)])["miou"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     photos, labels, probs, names = test_photos(args.ckpt, args.data, args.images)
     k = len(names)
-    params = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/postprocess/crf.yaml"))
+    params = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/postprocess/crf.yaml")["crf"])
     params.pop("_target_")
     params.pop("backend", None)
     theirs = DenseCRF(**params, backend="pydensecrf2")
