@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric
 
-from fashionseg.metrics import SegmentationMetrics, scores
+from fashionseg.metrics import SegmentationMetrics, labels_from_scores, scores
 
 
 class SegmentationModule(L.LightningModule):
@@ -74,7 +74,7 @@ class SegmentationModule(L.LightningModule):
         mask = batch["mask"]  # (B, H, W) at the label's native size
         logits = self.predict_logits(batch["image"], batch["valid_hw"], mask.shape[-2:])
         self.log(f"{stage}/loss", self.loss(logits, mask), on_epoch=True, batch_size=len(mask))
-        metrics.update(logits.argmax(1), mask)
+        metrics.update(labels_from_scores(logits), mask)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")

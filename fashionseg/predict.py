@@ -67,7 +67,8 @@ def predict(cfg: DictConfig) -> dict:
     if not photos:
         raise DataError(f"No photos in {cfg.input} (looked for .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .gif).")
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=resolve_device(cfg.device), bf16=cfg.bf16,
-                                          channels_last=cfg.channels_last, tta_hflip=cfg.tta_hflip)
+                                          channels_last=cfg.channels_last, tta_hflip=cfg.tta_hflip,
+                                          compile=cfg.compile)
     refine: Refinement = single_refinement(cfg.get("postprocess"))
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)

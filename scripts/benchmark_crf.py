@@ -7,8 +7,9 @@ Unaries are the model's softmax probabilities on the first --images photos of th
 their native 600x400. Parameters: 5 iterations, Gaussian sxy=3 compat=3, bilateral sxy=80
 srgb=13 compat=10 (conf/postprocess/crf.yaml). Timing covers the CRF alone (unaries given), as
 ms per image for a batch of --batch photos: pydensecrf2 one photo after another, ours the whole
-batch at once; median of --repeats runs, the two backends alternating. Agreement: the share of
-pixels where both give the same label. Prints a table, writes JSON.
+batch at once, with torch.compile (compiled during the agreement pass, before timing) and eagerly;
+median of --repeats runs, the backends alternating. Agreement: the share of pixels where ours and
+pydensecrf2 give the same label. Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=8, help="photos per timed batch")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", nargs="+", default=["cpu"], help="devices for our backend: cpu, cuda")
+    p.add_argument("--no-eager", action="store_true", help="skip the row of our backend without torch.compile")
     p.add_argument("--out", default=str(ROOT / "outputs/benchmarks/crf.json"))
     args = p.parse_args(argv)
     photos, labels, probs, names = test_photos(args.ckpt, args.data, args.images)
@@ -74,15 +76,19 @@ def main(argv: list[str] | None = None) -> dict:
     params = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/postprocess/crf.yaml")["crf"])
     params.pop("_target_")
     params.pop("backend", None)
+    params.pop("compile", None)
     theirs = DenseCRF(**params, backend="pydensecrf2")
-    ours = {dev: DenseCRF(**params, backend="torch", device=dev) for dev in args.device}
+    # Ours on each device with torch.compile (the default), and eagerly on the first device.
+    ours = {f"{dev}": DenseCRF(**params, backend="torch", device=dev) for dev in args.device}
+    if not args.no_eager:
+        ours[f"{args.device[0]}, eager"] = DenseCRF(**params, backend="torch", device=args.device[0], compile=False)
     # Labels of every photo from each backend (agreement), then timing on one batch.
     ref = np.stack([theirs(photo, prob) for photo, prob in zip(photos, probs)])
     results = {"photos": len(photos), "shape": list(photos.shape[1:3]), "classes": k, "params": params,
                "threads": torch.get_num_threads(), "rows": []}
     base = miou(probs.argmax(1), labels, k)
     batch_p, batch_q = photos[: args.batch], probs[: args.batch]
-    timings: dict[str, list[float]] = {"pydensecrf2": [], **{f"torch ({d})": [] for d in args.device}}
+    timings: dict[str, list[float]] = {"pydensecrf2": [], **{f"torch ({d})": [] for d in ours}}
     labels_ours = {}
     for dev, crf in ours.items():
         labels_ours[dev] = np.concatenate([crf.refine_batch(photos[i: i + args.batch], probs[i: i + args.batch])
@@ -103,19 +109,19 @@ def main(argv: list[str] | None = None) -> dict:
     ref_ms = statistics.median(timings["pydensecrf2"])
     results["rows"].append({"backend": "pydensecrf2 (C++)", "ms_per_image": ref_ms, "speedup": 1.0, "agreement": 1.0,
                             "miou": miou(ref, labels, k), "timings": timings["pydensecrf2"]})
-    for dev in args.device:
+    for dev in ours:
         ms = statistics.median(timings[f"torch ({dev})"])
         results["rows"].append({"backend": f"ours, PyTorch ({dev})", "ms_per_image": ms, "speedup": ref_ms / ms,
                                 "agreement": float((labels_ours[dev] == ref).mean()),
                                 "agreement_min_image": float((labels_ours[dev] == ref).reshape(len(ref), -1).mean(1).min()),
                                 "miou": miou(labels_ours[dev], labels, k), "timings": timings[f"torch ({dev})"]})
-    header = f"{'backend':<24} {'ms/image':>9} {'speed-up':>9} {'agreement':>10} {'test mIoU':>10}"
+    header = f"{'backend':<30} {'ms/image':>9} {'speed-up':>9} {'agreement':>10} {'test mIoU':>10}"
     print(f"Dense CRF, {len(photos)} test photos {photos.shape[1]}x{photos.shape[2]}, {k} classes, "
           f"{params['iterations']} iterations, batch {len(batch_p)}, {torch.get_num_threads()} threads")
     print(f"network alone (no CRF): test mIoU on these photos {100 * base:.2f}")
     print(header + "\n" + "-" * len(header))
     for r in results["rows"]:
-        print(f"{r['backend']:<24} {r['ms_per_image']:>9.1f} {r['speedup']:>8.2f}x {100 * r['agreement']:>9.2f}% "
+        print(f"{r['backend']:<30} {r['ms_per_image']:>9.1f} {r['speedup']:>8.2f}x {100 * r['agreement']:>9.2f}% "
               f"{100 * r['miou']:>9.2f}")
     results["network_miou"] = base
     out = Path(args.out)

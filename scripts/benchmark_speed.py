@@ -16,8 +16,8 @@ Sections:
          process), against the fastest training throughput measured in `train`.
   infer  ms per 600x400 photo, photo in -> label map out (resize, network, upsampling, argmax),
          batch 1, for each architecture config and each --ckpt; variants: eager fp32,
-         channels_last, bf16 autocast, bf16 + channels_last, ONNX Runtime (--onnx). Peak resident
-         memory of a fresh process per model.
+         channels_last, bf16 autocast, bf16 + channels_last, the same + torch.compile (weights frozen;
+         compile time excluded), ONNX Runtime (--onnx). Peak resident memory of a fresh process per model.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ VARIANTS = {  # name -> Predictor options
     "channels_last": dict(channels_last=True, bf16=False),
     "bf16": dict(channels_last=False, bf16=True),
     "bf16+channels_last": dict(channels_last=True, bf16=True),
+    "bf16+cl+compile": dict(channels_last=True, bf16=True, compile=True),  # torch.compile, weights frozen
 }
 
 
@@ -216,8 +217,11 @@ def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
         label = "native 608x416" if size is None else f"{size[0]}x{size[1]}"
         for variant, opts in VARIANTS.items():
             predictor = Predictor(copy.deepcopy(net), names, size, **opts)
-            rows.append({"model": name, "input": label, "variant": variant,
-                         "ms": 1000 * time_call(lambda: predictor([photo]))})
+            try:
+                rows.append({"model": name, "input": label, "variant": variant,
+                             "ms": 1000 * time_call(lambda: predictor([photo]))})
+            except Exception as e:  # e.g. torch.compile without a C++ compiler: report it, time the rest
+                rows.append({"model": name, "input": label, "variant": variant, "error": f"{type(e).__name__}: {e}"[:300]})
         if spec.get("onnx"):
             from fashionseg.export import OnnxRunner, export_onnx
 

@@ -6,7 +6,7 @@ import torch
 
 from fashionseg import ConfigError
 from fashionseg.losses import Combined, CrossEntropy, Dice, median_frequency_weights
-from fashionseg.metrics import SegmentationMetrics, scores
+from fashionseg.metrics import SegmentationMetrics, labels_from_scores, scores
 
 
 def test_cross_entropy_by_hand():
@@ -74,3 +74,13 @@ def test_metrics_accumulate_over_the_split_not_per_batch():
     s = scores(m.compute(), ["bg", "fg"])
     assert s["pixel_acc"] == pytest.approx(3 / 4)  # per-batch average would give 0.5
     assert s["iou_fg"] == pytest.approx(3 / 4) and s["iou_bg"] == 0.0
+
+
+@pytest.mark.parametrize("k", [2, 7])
+def test_labels_from_scores_is_argmax_with_first_class_on_ties(k):
+    g = torch.Generator().manual_seed(k)
+    logits = torch.randn(3, k, 20, 30, generator=g).round(decimals=1)  # rounding makes ties
+    assert torch.equal(labels_from_scores(logits), logits.argmax(1))
+    assert torch.equal(labels_from_scores(logits[0], dim=0), logits[0].argmax(0))
+    tie = torch.zeros(k, 2, 2)
+    assert (labels_from_scores(tie, dim=0) == 0).all()

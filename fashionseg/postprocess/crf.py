@@ -18,13 +18,16 @@ class DenseCRF(Refinement):
         backend: ``torch`` (our batched PyTorch implementation, CPU or CUDA, see ``permutohedral.py``)
             or ``pydensecrf2`` (the authors' C++ code, pip install pydensecrf2).
         device: for the torch backend (default: CPU).
+        compile: torch backend: ``torch.compile`` its per-pixel arithmetic (a one-off ~20-40 s per
+            process; 1.4x faster per batch on a 2-core CPU, scripts/benchmark_crf.py). Falls back to eager, with a
+            warning, where compiling fails.
     """
 
     name = "crf"
 
     def __init__(self, iterations: int = 5, gaussian_sxy: float = 3.0, gaussian_compat: float = 3.0,
                  bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0, bilateral_compat: float = 10.0,
-                 backend: str = "torch", device: str | None = None):
+                 backend: str = "torch", device: str | None = None, compile: bool = True):
         if backend not in ("torch", "pydensecrf2"):
             raise ValueError(f"Unknown CRF backend {backend!r}; available: torch, pydensecrf2.")
         if iterations < 1:
@@ -32,12 +35,17 @@ class DenseCRF(Refinement):
         self.iterations, self.backend = iterations, backend
         self.gaussian = (gaussian_sxy, gaussian_compat)
         self.bilateral = (bilateral_sxy, bilateral_srgb, bilateral_compat)
-        self.device = device
+        self.device, self.compile = device, compile
+        self._torch_crf = None
 
     def torch_crf(self):
-        from fashionseg.postprocess.permutohedral import TorchDenseCRF
+        """Our backend, created once (it keeps the spatial lattice of the last photo size)."""
+        if self._torch_crf is None:
+            from fashionseg.postprocess.permutohedral import TorchDenseCRF
 
-        return TorchDenseCRF(self.iterations, *self.gaussian, *self.bilateral, device=self.device)
+            self._torch_crf = TorchDenseCRF(self.iterations, *self.gaussian, *self.bilateral, device=self.device,
+                                            compile=self.compile)
+        return self._torch_crf
 
     def refine_batch(self, images: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Same-size photos at once: images (B, H, W, 3) uint8, probs (B, K, H, W) -> labels (B, H, W) uint8."""
@@ -48,8 +56,7 @@ class DenseCRF(Refinement):
             check_inputs(image, p)
         if self.backend == "pydensecrf2":
             return np.stack([self.marginals(i, p).argmax(0) for i, p in zip(images, probs)]).astype(np.uint8)
-        q = self.torch_crf().marginals(torch.as_tensor(images), torch.as_tensor(probs, dtype=torch.float32))
-        return q.argmax(1).to(torch.uint8).cpu().numpy()
+        return self.torch_crf().labels(torch.as_tensor(images), torch.as_tensor(probs, dtype=torch.float32)).cpu().numpy()
 
     def marginals(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """The CRF's approximate marginals Q, (K, H, W) float32."""

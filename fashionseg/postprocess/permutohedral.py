@@ -3,129 +3,179 @@
 Follows Krähenbühl & Koltun (NIPS 2011) and their C++ code (densecrf, wrapped by pydensecrf2):
 the lattice of Adams, Baek & Davis (2010) with the same elevation, rounding, barycentric weights,
 blur and slice normalisation (alpha = 1 / (1 + 2^-d)), symmetric kernel normalisation, Potts
-compatibility. Vertex offsets and barycentric weights are computed once per batch and reused in
-every iteration (splat = index_add, slice = index_select); lattice vertices are found by sorting
-integer-coded keys instead of a hash table.
-A batch of photos shares one lattice per kernel (the image index is part of each key), so the
-whole batch is filtered in one product. Runs on CPU and CUDA; nothing to compile.
+compatibility. Where the C++ code hashes every (pixel, vertex) pair, this version works on whole
+tensors and does the expensive per-pixel work once per lattice:
+
+- pixels are grouped by their enclosing simplex (one sort of one integer code per pixel), so that
+  vertex keys are computed and deduplicated per simplex (about 4x fewer than pixels on photos);
+- the mean field keeps its pixels in that simplex order, so the splat reads memory sequentially;
+- splat = a weighted sum over the pixels of each simplex, then over the simplex corners of each
+  vertex; each blur step and the slice are weighted sums over 3 and d+1 lattice rows. All are
+  ``F.embedding_bag`` calls (multi-threaded segment sums), with the kernel normalisation and the
+  compatibility folded into their weights;
+- a batch of photos shares one bilateral lattice (the image index is part of each code); the
+  spatial lattice depends only on the photo size and is built once per size;
+- the per-pixel arithmetic (elevation, rounding, ranks, barycentric weights, codes, softmax) runs
+  through ``torch.compile`` where it works (10x faster than eager on CPU), eagerly elsewhere.
+
+Runs on CPU and CUDA; no extension to build.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 
 import torch
+import torch.nn.functional as F
+
+from fashionseg.memory import keep_freed_memory
 
 
 class PermutohedralLattice:
     """Gaussian filtering in a d-dimensional feature space, for features (B, N, d) of B images with N pixels each.
 
     ``filter(values)`` with values (B * N, C) returns, for every pixel, the (approximate) sum over all
-    pixels of the same image of exp(-|f_i - f_j|^2 / 2) * value_j.
+    pixels of the same image of exp(-|f_i - f_j|^2 / 2) * value_j, times the pixel's output scale
+    (1 unless ``scale`` set one). Rows of values and results are pixels in the order ``self.order``
+    (row r = pixel ``order[r]``): the lattice's own simplex order, in which its splat reads memory
+    sequentially; an image's pixels stay in one block of N rows. ``reordered`` gives the same
+    filter in any other order, ``in_pixel_order`` in the features' own order (``order`` None).
     """
 
-    def __init__(self, features: torch.Tensor):
+    def __init__(self, features: torch.Tensor, compile: bool = True):
         b, n, d = features.shape
         device, self.d, self.size = features.device, d, b * n
-        f = features.float()
-        # Elevate onto the hyperplane x . 1 = 0 of R^(d+1), scaled so that the blur has unit variance.
+        bn = b * n
         i = torch.arange(1, d + 1, device=device, dtype=torch.float32)
-        cf = f * (math.sqrt(2.0 / 3.0) * (d + 1) / torch.sqrt(i * (i + 1)))
-        suffix = torch.cat([cf.flip(-1).cumsum(-1).flip(-1), torch.zeros_like(cf[..., :1])], -1)  # sum_{k>=j} cf_k
-        elevated = torch.cat([suffix[..., :1], suffix[..., 1:] - i * cf], -1)  # (b, n, d+1)
-        # Nearest remainder-0 lattice point, then the rank of each coordinate's residual.
-        v = elevated / (d + 1)
-        up, down = torch.ceil(v) * (d + 1), torch.floor(v) * (d + 1)
-        rem0 = torch.where(up - elevated < elevated - down, up, down)
-        total = torch.round(rem0.sum(-1) / (d + 1)).to(torch.int64)
-        diff = elevated - rem0
-        idx = torch.arange(d + 1, device=device)
-        before = idx[None, :] < idx[:, None]  # [i, j]: j < i
-        after = idx[None, :] > idx[:, None]
-        di, dj = diff[..., :, None], diff[..., None, :]
-        rank = ((dj >= di) & before).sum(-1) + ((dj > di) & after).sum(-1)
-        del di, dj
-        rank = rank + total[..., None]
-        low, high = rank < 0, rank > d
-        rank = torch.where(low, rank + d + 1, torch.where(high, rank - d - 1, rank))
-        rem0 = torch.where(low, rem0 + d + 1, torch.where(high, rem0 - d - 1, rem0))
-        # Barycentric weights of the d+1 enclosing simplex vertices.
-        vb = (elevated - rem0) / (d + 1)
-        bary = torch.zeros(b, n, d + 2, dtype=torch.float32, device=device)
-        bary.scatter_add_(-1, d - rank, vb)
-        bary.scatter_add_(-1, d + 1 - rank, -vb)
-        bary[..., 0] += 1.0 + bary[..., d + 1]
-        weights = bary[..., : d + 1].reshape(b * n, d + 1).t().contiguous()  # (d+1, bn)
-        # Vertex keys, vertex-major so that neighbouring pixels sit side by side (first d coordinates;
-        # the last follows from the zero sum), coded as one int64 each with the image index.
-        r = idx.view(d + 1, 1, 1)
-        rem0 = rem0[..., :d].to(torch.int64).reshape(1, b * n, d)
-        rk = rank[..., :d].reshape(1, b * n, d)
-        keys = rem0 + torch.where(rk <= d - r, r, r - (d + 1))  # (d+1, bn, d)
-        self._radix(keys, b)
-        image = torch.arange(b, device=device).repeat_interleave(n)
-        codes = self._encode(keys, image)  # (d+1, bn)
-        del keys, rk, rem0
-        # Distinct vertices: drop runs of equal codes first (cheap, most of them), then sort the rest.
-        self.codes = torch.unique(torch.unique_consecutive(codes.reshape(-1)))
-        m = self.codes.numel()
-        self.offsets = torch.searchsorted(self.codes, codes) + 1  # row 0 of the lattice is an always-zero row
-        alpha = 1.0 / (1.0 + 2.0 ** (-d))
-        self.splat_w, self.slice_w = weights[..., None], (weights * alpha)[..., None]
-        self.m = m
-        # Blur neighbours along each of the d+1 lattice directions (0 = the zero row: no neighbour).
-        lat_keys, lat_image = self._decode(self.codes)
-        zero = torch.zeros(1, dtype=torch.int64, device=device)
-        self.neighbours = []
-        for j in range(d + 1):
-            n1, n2 = lat_keys - 1, lat_keys + 1
-            if j < d:
-                n1[:, j] += d + 1
-                n2[:, j] -= d + 1
-            self.neighbours.append((torch.cat([zero, self._find(n1, lat_image)]),
-                                    torch.cat([zero, self._find(n2, lat_image)])))
-
-    def _radix(self, keys: torch.Tensor, images: int) -> None:
-        """Mixed-radix coding of (image, key) into one int64, with room for every neighbour's key."""
-        d = self.d
-        flat = keys.reshape(-1, d)
-        self.mins = flat.amin(0) - (d + 2)
-        self.spans = flat.amax(0) - self.mins + (d + 3)
-        if images * math.prod(int(s) for s in self.spans) >= 2 ** 62:
+        scale = math.sqrt(2.0 / 3.0) * (d + 1) / torch.sqrt(i * (i + 1))
+        f = features.float().reshape(bn, d).t().contiguous()  # coordinate-major: contiguous per coordinate
+        rem0, rank, weights = maybe_compiled(enclosing_simplices, compile)(f, scale)
+        # Vertex keys (first d coordinates; the last follows from the zero sum) lie within d of
+        # rem0 * (d+1); blur neighbours within d+1 more. Mixed-radix code: (image, key_0, ..., key_d-1).
+        lo, hi = rem0[:d].amin(1).long(), rem0[:d].amax(1).long()
+        mins = lo * (d + 1) - (2 * d + 1)
+        spans = [int(v) for v in (hi - lo) * (d + 1) + 2 * (2 * d + 1) + 1]
+        if b * math.prod(spans) * (d + 1) ** d >= 2 ** 62:
             raise ValueError("Lattice keys need more than 62 bits: the features span too wide a range "
                              "(scale them down, e.g. larger sxy/srgb) or filter fewer images at once.")
+        strides = [math.prod(spans[j + 1:]) for j in range(d)]
+        base, code = maybe_compiled(simplex_codes, compile)(
+            rem0, rank, mins, torch.tensor(strides, device=device), math.prod(spans), n)
+        # Group pixels by enclosing simplex (one sort); the image index leads the code, so each
+        # image keeps one block of rows.
+        sorted_codes, perm = torch.sort(code)
+        del code
+        _, counts = torch.unique_consecutive(sorted_codes, return_counts=True)
+        s = counts.numel()
+        starts = counts.cumsum(0) - counts
+        first = perm[starts]  # one pixel of each simplex
+        corner_codes = maybe_compiled(simplex_corners, compile)(base[first], rank[:d, first],
+                                                                torch.tensor(strides, device=device))
+        # Distinct vertices (one more sort), with the corners of each vertex side by side; corners are
+        # numbered simplex-major (s * (d+1) + k).
+        sorted_corners, self.corner_order = torch.sort(corner_codes.reshape(-1))
+        self.codes, per_vertex = torch.unique_consecutive(sorted_corners, return_counts=True)
+        self.m = m = self.codes.numel()
+        self.corner_starts = per_vertex.cumsum(0) - per_vertex
+        corners = torch.empty_like(self.corner_order)
+        corners[self.corner_order] = torch.arange(m, device=device).repeat_interleave(per_vertex)
+        corners = corners.view(s, d + 1)
+        # Splat: pixels -> simplex corners -> vertices. Bag (s, k) holds the rows of simplex s (consecutive
+        # in simplex order) weighted for corner k; simplex-major, so that the d+1 bags of a simplex read
+        # the same rows while they are in cache (1.5x faster than corner-major).
+        self.order = perm
+        weights = weights[:, perm].contiguous()  # rows in simplex order from here on
+        segment = torch.arange(s, device=device).repeat_interleave(counts * (d + 1))
+        self.pixels, self.splat_w = maybe_compiled(simplex_major_bags, compile)(segment, starts, counts, weights)
+        self.pixel_starts = ((d + 1) * starts[:, None] + torch.arange(d + 1, device=device) * counts[:, None]).reshape(-1)
+        # Slice: each pixel's d+1 vertices (row 0 of the blurred lattice is an always-zero row).
+        alpha = 1.0 / (1.0 + 2.0 ** (-d))
+        self.slice_idx = (corners + 1)[torch.arange(s, device=device).repeat_interleave(counts)]  # (bn, d+1)
+        self.slice_w = (weights * alpha).t().contiguous()  # (bn, d+1)
+        # Blur neighbours: along direction j a key moves by -1 in every coordinate and by +d in j (and back).
+        # Each blur step is one more weighted sum: row r <- 1 * row r + 1/2 * (both neighbours), 0 = none.
+        rows = torch.arange(m + 1, device=device)
+        zero = torch.zeros(1, dtype=torch.int64, device=device)
+        self.blur_idx = []
+        for j in range(d + 1):
+            step = sum(strides) - (d + 1) * (strides[j] if j < d else 0)
+            self.blur_idx.append(torch.stack([rows, torch.cat([zero, self._find(self.codes - step)]),
+                                              torch.cat([zero, self._find(self.codes + step)])], 1))
+        self.blur_w = torch.tensor([1.0, 0.5, 0.5], device=device).expand(m + 1, 3).contiguous()
+        self._compact_indices()
 
-    def _encode(self, keys: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        code = image.to(torch.int64).expand(keys.shape[:-1])
-        for k in range(self.d):
-            code = code * self.spans[k] + (keys[..., k] - self.mins[k])
-        return code
+    def _compact_indices(self) -> PermutohedralLattice:
+        """int32 indices where they fit (the same dtype for all, as embedding_bag wants): half the memory
+        traffic of every filter call."""
+        dtype = torch.int32 if self.pixels.numel() < 2 ** 31 else torch.int64
+        for name in ("pixels", "pixel_starts", "corner_order", "corner_starts", "slice_idx"):
+            setattr(self, name, getattr(self, name).to(dtype))
+        self.blur_idx = [idx.to(dtype) for idx in self.blur_idx]
+        return self
 
-    def _decode(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = torch.empty(codes.numel(), self.d, dtype=torch.int64, device=codes.device)
-        rest = codes.clone()
-        for k in reversed(range(self.d)):
-            keys[:, k] = rest % self.spans[k] + self.mins[k]
-            rest = rest // self.spans[k]
-        return keys, rest
-
-    def _find(self, keys: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        codes = self._encode(keys, image)
+    def _find(self, codes: torch.Tensor) -> torch.Tensor:
+        """Lattice row (1-based) of each code, 0 where the vertex does not exist."""
         pos = torch.searchsorted(self.codes, codes).clamp(max=self.codes.numel() - 1)
         return torch.where(self.codes[pos] == codes, pos + 1, torch.zeros_like(pos))
 
+    def reordered(self, order: torch.Tensor) -> PermutohedralLattice:
+        """The same filter for values given (and returned) in another pixel order: row r = pixel ``order[r]``."""
+        new = copy.copy(self)
+        position = torch.empty_like(order)
+        position[order] = torch.arange(order.numel(), device=order.device)  # pixel -> new row
+        if self.order is None:  # rows are pixels
+            new.pixels, rows = position[self.pixels], order
+        else:
+            current = torch.empty_like(self.order)
+            current[self.order] = torch.arange(self.order.numel(), device=order.device)  # pixel -> current row
+            new.pixels, rows = position[self.order][self.pixels], current[order]
+        new.slice_idx, new.slice_w, new.order = self.slice_idx[rows], self.slice_w[rows], order
+        return new._compact_indices()
+
+    def in_pixel_order(self) -> PermutohedralLattice:
+        """The same filter with rows = pixels (``order`` None): values in the features' own order."""
+        new = self.reordered(torch.arange(self.size, device=self.codes.device))
+        new.order = None
+        return new
+
+    def tiled(self, b: int) -> PermutohedralLattice:
+        """The filter of ``b`` images with the same features as this one-image lattice (values (b * N, C))."""
+        new = copy.copy(self)
+        n, p, c, m = self.size, self.pixels.numel(), self.corner_order.numel(), self.m
+        new.size = b * n
+        i = torch.arange(b, device=self.codes.device)[:, None]
+        new.order = None if self.order is None else (self.order[None] + i * n).reshape(-1)
+        new.pixels, new.splat_w = (self.pixels[None] + i * n).reshape(-1), self.splat_w.repeat(b)
+        new.pixel_starts = (self.pixel_starts[None] + i * p).reshape(-1)
+        new.corner_order = (self.corner_order[None] + i * c).reshape(-1)
+        new.corner_starts = (self.corner_starts[None] + i * c).reshape(-1)
+        shift = lambda idx: torch.where(idx > 0, idx[None] + (i * m).view(-1, *[1] * idx.dim()), 0)  # noqa: E731
+        new.blur_idx = [torch.cat([idx[:1], shift(idx[1:]).reshape(-1, idx.shape[1])]) for idx in self.blur_idx]
+        new.blur_w = torch.cat([self.blur_w[:1], self.blur_w[1:].repeat(b, 1)])
+        new.slice_idx, new.slice_w = shift(self.slice_idx).reshape(-1, self.d + 1), self.slice_w.repeat(b, 1)
+        new.m = b * m
+        return new._compact_indices()
+
+    def scale(self, inputs: torch.Tensor | float = 1.0, outputs: torch.Tensor | float = 1.0) -> None:
+        """Fold per-pixel factors (B * N,) or scalars into the filter: filter(v) := outputs * filter(inputs * v)."""
+        if isinstance(inputs, torch.Tensor):
+            inputs = inputs.reshape(-1)[self.pixels]
+        if isinstance(outputs, torch.Tensor):
+            outputs = outputs.reshape(-1, 1)
+        self.splat_w = self.splat_w * inputs
+        self.slice_w = self.slice_w * outputs
+
     def filter(self, values: torch.Tensor) -> torch.Tensor:
         """values (B * N, C) float32 -> filtered (B * N, C)."""
-        lattice = values.new_zeros(self.m + 1, values.shape[1])
-        for offsets, w in zip(self.offsets, self.splat_w):  # splat onto the d+1 vertices
-            lattice.index_add_(0, offsets, values * w)
-        for n1, n2 in self.neighbours:  # blur along each lattice direction: [1/2, 1, 1/2]
-            lattice = lattice + 0.5 * (lattice[n1] + lattice[n2])
-        out = None
-        for offsets, w in zip(self.offsets, self.slice_w):  # slice back to the pixels
-            part = lattice.index_select(0, offsets).mul_(w)
-            out = part if out is None else out.add_(part)
-        return out
+        corners = F.embedding_bag(self.pixels, values, self.pixel_starts, per_sample_weights=self.splat_w,
+                                  mode="sum")  # ((d+1) * simplices, C)
+        lattice = F.embedding_bag(self.corner_order, corners, self.corner_starts, mode="sum")
+        lattice = torch.cat([values.new_zeros(1, values.shape[1]), lattice])
+        for idx in self.blur_idx:  # blur along each lattice direction: [1/2, 1, 1/2]
+            lattice = F.embedding_bag(idx, lattice, per_sample_weights=self.blur_w, mode="sum")
+        return F.embedding_bag(self.slice_idx, lattice, per_sample_weights=self.slice_w, mode="sum")
 
 
 class TorchDenseCRF:
@@ -137,33 +187,187 @@ class TorchDenseCRF:
 
     def __init__(self, iterations: int = 5, gaussian_sxy: float = 3.0, gaussian_compat: float = 3.0,
                  bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0, bilateral_compat: float = 10.0,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, compile: bool = True):
         self.iterations = iterations
         self.gaussian_sxy, self.gaussian_compat = gaussian_sxy, gaussian_compat
         self.bilateral_sxy, self.bilateral_srgb, self.bilateral_compat = bilateral_sxy, bilateral_srgb, bilateral_compat
         self.device = torch.device(device) if device else None
+        self.compile = compile
+        self._gauss: dict[tuple, PermutohedralLattice] = {}
 
-    @torch.no_grad()
+    def gaussian_lattice(self, h: int, w: int, b: int, device: torch.device) -> PermutohedralLattice:
+        """The spatial kernel depends only on the photo size: built once per size and device, normalised,
+        for b photos, in the pixels' row-major order."""
+        key = (h, w, b, str(device))
+        if key not in self._gauss:
+            lattice = PermutohedralLattice((pixel_xy(h, w, device) / self.gaussian_sxy)[None], self.compile)
+            lattice = lattice.in_pixel_order()
+            norm = lattice.filter(torch.ones(h * w, 1, device=device)).add_(1e-20).rsqrt_()
+            lattice.scale(norm, norm * self.gaussian_compat)
+            self._gauss = {key: lattice.tiled(b)}
+        return self._gauss[key]
+
     def marginals(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """images (B, H, W, 3) uint8, probs (B, K, H, W) -> Q (B, K, H, W) float32."""
+        b, k, h, w = probs.shape
+        q, order = self.mean_field(images, probs)
+        out = torch.empty_like(q)
+        out[order] = q
+        return out.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
+
+    def labels(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """images (B, H, W, 3) uint8, probs (B, K, H, W) -> the labels argmax Q, (B, H, W) uint8."""
+        b, k, h, w = probs.shape
+        q, order = self.mean_field(images, probs)
+        out = torch.empty(b * h * w, dtype=torch.uint8, device=q.device)
+        out[order] = q.argmax(-1).to(torch.uint8)  # pixel-major: 10x faster than argmax over dim 1 of (B, K, H, W)
+        return out.view(b, h, w)
+
+    @torch.no_grad()
+    def mean_field(self, images: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q (B * H * W, K) with its rows in the order ``order`` of the pixels (row r = pixel order[r])."""
         device = self.device or probs.device
+        if device.type == "cpu":
+            keep_freed_memory()  # large tensors come and go every iteration: reuse, do not page-fault them in
         images, probs = images.to(device), probs.to(device).float()
         b, k, h, w = probs.shape
         n = h * w
-        yy, xx = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
-                                torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
-        xy = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)  # (n, 2): x = column, y = row
-        # The spatial kernel is the same for every photo of this size: one lattice, B*K channels.
-        gauss = PermutohedralLattice((xy / self.gaussian_sxy)[None])
         rgb = images.reshape(b, n, 3).float() / self.bilateral_srgb
-        bilateral = PermutohedralLattice(torch.cat([(xy / self.bilateral_sxy).expand(b, n, 2), rgb], -1))
-        norm_g = gauss.filter(torch.ones(n, 1, device=device)).add_(1e-20).rsqrt_()          # (n, 1)
-        norm_b = bilateral.filter(torch.ones(b * n, 1, device=device)).add_(1e-20).rsqrt_()  # (bn, 1)
-        unary = -torch.log(probs.clamp(1e-5, 1.0)).permute(0, 2, 3, 1).reshape(b * n, k)  # pixel-major
-        q = torch.softmax(-unary, -1)
+        xy = pixel_xy(h, w, device) / self.bilateral_sxy
+        bilateral = PermutohedralLattice(torch.cat([xy.expand(b, n, 2), rgb], -1), self.compile)
+        norm = bilateral.filter(torch.ones(b * n, 1, device=device)).add_(1e-20).rsqrt_()  # symmetric normalisation
+        bilateral.scale(norm, norm * self.bilateral_compat)
+        # Mean field runs with the pixels in the bilateral lattice's order (each photo keeps its block
+        # of n rows); the spatial lattice (one per photo size) is re-indexed to that order.
+        order = bilateral.order
+        gauss = self.gaussian_lattice(h, w, b, device).reordered(order)
+        unary = maybe_compiled(gather_unary, self.compile)(probs.view(b, k, n), order)  # -energy, (B * N, K)
+        step = maybe_compiled(softmax_energy, self.compile)
+        q = step(unary, unary, -unary)
         for _ in range(self.iterations):
-            qg = q.view(b, n, k).permute(1, 0, 2).reshape(n, b * k)
-            msg_g = (norm_g * gauss.filter(norm_g * qg)).view(n, b, k).permute(1, 0, 2).reshape(b * n, k)
-            msg_b = norm_b * bilateral.filter(norm_b * q)
-            q = torch.softmax(-unary + self.gaussian_compat * msg_g + self.bilateral_compat * msg_b, -1)
-        return q.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
+            q = step(bilateral.filter(q), gauss.filter(q), unary)
+        return q, order
+
+
+def enclosing_simplices(f: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per pixel, features f (d, P): the remainder-0 vertex rem0 (d+1, P, in units of d+1), the rank of
+    each coordinate's residual (d+1, P) and the barycentric weights of the d+1 vertices (d+1, P).
+
+    Elementwise arithmetic only, written for torch.compile, which fuses it into a few loops (10x faster
+    than eager on CPU); the same steps as densecrf's ``Permutohedral::init``.
+    """
+    d = f.shape[0]
+    cf = f * scale[:, None]
+    # Elevate onto the hyperplane x . 1 = 0 of R^(d+1): e_j = sum_{k>=j} cf_k - j cf_(j-1).
+    elevated = [None] * (d + 1)
+    suffix = torch.zeros_like(cf[0])
+    for j in range(d, 0, -1):
+        elevated[j] = suffix - j * cf[j - 1]
+        suffix = suffix + cf[j - 1]
+    elevated[0] = suffix
+    elevated = torch.stack(elevated)
+    # Nearest remainder-0 point, then the rank of each residual (ties: the lower index ranks first).
+    down = torch.floor(elevated / (d + 1))
+    rem0 = torch.where((down + 1) * (d + 1) - elevated < elevated - down * (d + 1), down + 1, down)
+    total = rem0.sum(0)
+    diff = elevated - rem0 * (d + 1)
+    rank = []
+    for c in range(d + 1):
+        r = torch.zeros_like(total)
+        for a in range(d + 1):
+            if a != c:
+                r = r + ((diff[a] >= diff[c]) if a < c else (diff[a] > diff[c])).float()
+        rank.append(r)
+    rank = torch.stack(rank) + total
+    low, high = (rank < 0).float(), (rank > d).float()
+    rank = rank + (d + 1) * (low - high)
+    rem0 = rem0 + low - high
+    # Barycentric weights: with v_r the residual of rank r, w_0 = 1 + v_d - v_0, w_t = v_(d-t) - v_(d+1-t).
+    residual = (elevated - rem0 * (d + 1)) / (d + 1)
+    by_rank = [sum(residual[j] * (rank[j] == r).float() for j in range(d + 1)) for r in range(d + 1)]
+    weights = [by_rank[d] + 1.0 - by_rank[0]] + [by_rank[d - t] - by_rank[d + 1 - t] for t in range(1, d + 1)]
+    return rem0, rank.long(), torch.stack(weights)
+
+
+def simplex_codes(rem0: torch.Tensor, rank: torch.Tensor, mins: torch.Tensor, strides: torch.Tensor,
+                  image_stride: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed-radix codes per pixel: of the (image, remainder-0 vertex) and of its enclosing simplex."""
+    d = rank.shape[0] - 1
+    base = (torch.arange(rank.shape[1], device=rank.device) // n) * image_stride
+    code = torch.zeros_like(base)
+    for j in range(d):
+        base = base + (rem0[j].long() * (d + 1) - mins[j]) * strides[j]
+        code = code * (d + 1) + rank[j]
+    return base, base * (d + 1) ** d + code
+
+
+def gather_unary(probs: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """log(clip(p, 1e-5)) as pydensecrf's unary_from_softmax, for probs (B, K, N), rows in ``order``: (B * N, K)."""
+    n, k = probs.shape[2], probs.shape[1]
+    rows = order[:, None]
+    p = probs[rows // n, torch.arange(k, device=probs.device)[None, :], rows % n]
+    return torch.log(p.clamp(1e-5, 1.0))
+
+
+def simplex_corners(base: torch.Tensor, rank: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
+    """Codes (S, d+1) of the d+1 vertices of S simplices: vertex k has key_j = rem0_j + k, minus d+1
+    where rank_j > d - k (``base`` codes rem0, ``rank`` (d, S) the first d ranks)."""
+    d = rank.shape[0]
+    corners = []
+    for k in range(d + 1):
+        c = base + k * strides.sum()
+        for j in range(d):
+            c = c - (d + 1) * strides[j] * (rank[j] > d - k).long()
+        corners.append(c)
+    return torch.stack(corners, 1)
+
+
+def simplex_major_bags(segment: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor,
+                       weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and weights of the splat's bags, bag (s, k) = the ``counts[s]`` rows from ``starts[s]`` with
+    weights ``weights[k, row]``, bags in simplex-major order; ``segment`` is each entry's simplex."""
+    d1, bn = weights.shape
+    local = torch.arange(segment.numel(), device=segment.device) - d1 * starts[segment]
+    cnt = counts[segment]
+    row = starts[segment] + local % cnt
+    return row, weights.reshape(-1)[(local // cnt) * bn + row]
+
+
+def softmax_energy(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """softmax(a + b + c) over the last dim; compiled, one fused loop (torch.softmax is slow for few classes)."""
+    x = a + b + c
+    x = (x - x.amax(-1, keepdim=True)).exp()
+    return x / x.sum(-1, keepdim=True)
+
+
+_COMPILED: dict = {}
+
+
+def maybe_compiled(fn, compile: bool = True):
+    """torch.compile(fn) (dynamic shapes, compiled once per process), or fn itself where compiling is
+    off or impossible (no C++ compiler, unsupported platform): same results, slower."""
+    if not compile:
+        return fn
+    if fn not in _COMPILED:
+        compiled = torch.compile(fn, dynamic=True)
+
+        def run(*args):
+            if _COMPILED.get(("failed", fn)):
+                return fn(*args)
+            try:
+                return compiled(*args)
+            except Exception as e:  # noqa: BLE001 - any backend failure: fall back to eager, say so once
+                warnings.warn(f"torch.compile failed for {fn.__name__} ({type(e).__name__}: {str(e)[:200]}); "
+                              "running it eagerly (same results, slower).", stacklevel=2)
+                _COMPILED[("failed", fn)] = True
+                return fn(*args)
+
+        _COMPILED[fn] = run
+    return _COMPILED[fn]
+
+
+def pixel_xy(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(H * W, 2) float32 pixel positions, x = column, y = row, row-major."""
+    yy, xx = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
