@@ -18,6 +18,18 @@ from fashionseg.postprocess.evaluate import evaluate_refinements, refinement_tab
 log = logging.getLogger(__name__)
 
 
+def checkpoint_datamodule(module, root: str, **data):
+    """The data settings a checkpoint was trained with (input size, split, seed), pointed at ``root``
+    and at ``data`` overrides (e.g. ``limit``), set up: ``datamodule.datasets[split]``."""
+    data_cfg = OmegaConf.create(module.hparams.config).data
+    data_cfg.root = root
+    for key, value in data.items():
+        data_cfg[key] = value
+    datamodule = hydra.utils.instantiate(data_cfg)
+    datamodule.setup("test")
+    return datamodule
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Score ``cfg.ckpt_path`` on ``cfg.split``; the network, task and input size come from the checkpoint."""
     out_dir = check_writable(cfg.paths.output_dir)
@@ -31,12 +43,8 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split={cfg.split!r} is not one of train, val, test.")
-    # Same data settings as in training (size, split seed), pointed at this machine's data.
-    data_cfg = train_cfg.data
-    data_cfg.root, data_cfg.eval_batch_size = cfg.data.root, cfg.data.batch_size
-    data_cfg.num_workers, data_cfg.limit = cfg.data.num_workers, cfg.data.limit
-    datamodule = hydra.utils.instantiate(data_cfg)
-    datamodule.setup("test")
+    datamodule = checkpoint_datamodule(module, cfg.data.root, eval_batch_size=cfg.data.batch_size,
+                                       num_workers=cfg.data.num_workers, limit=cfg.data.limit)
     loader = {"train": datamodule._loader("train", shuffle=False), "val": datamodule.val_dataloader(),
               "test": datamodule.test_dataloader()}[cfg.split]
     if cfg.split == "train":  # score training images as they are, not augmented

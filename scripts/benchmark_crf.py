@@ -25,12 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import hydra  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from fashionseg.checkpoint import load_checkpoint  # noqa: E402
+from fashionseg.evaluate import checkpoint_datamodule  # noqa: E402
 from fashionseg.metrics import scores  # noqa: E402
 from fashionseg.postprocess import DenseCRF  # noqa: E402
 from fashionseg.postprocess.evaluate import confusion  # noqa: E402
@@ -39,11 +39,7 @@ from fashionseg.postprocess.evaluate import confusion  # noqa: E402
 def test_photos(ckpt: str, root: str, n: int):
     """Photos, labels and the model's probabilities for the first n test images."""
     module = load_checkpoint(ckpt)
-    cfg = OmegaConf.create(module.hparams.config)
-    cfg.data.root, cfg.data.limit = root, None
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.setup("test")
-    dataset = datamodule.datasets["test"]
+    dataset = checkpoint_datamodule(module, root, limit=None).datasets["test"]
     photos, labels, probs = [], [], []
     with torch.no_grad():
         for i in range(min(n, len(dataset))):

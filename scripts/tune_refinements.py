@@ -24,12 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import hydra  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from fashionseg.checkpoint import load_checkpoint  # noqa: E402
+from fashionseg.evaluate import checkpoint_datamodule  # noqa: E402
 from fashionseg.postprocess.evaluate import evaluate_refinements, load_refinements  # noqa: E402
 
 # Around each refinement's defaults (conf/postprocess/): 1 + 4 + 12 + 6 settings.
@@ -75,10 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     module = load_checkpoint(args.ckpt, tta_hflip=args.tta)
     cfg = OmegaConf.create(module.hparams.config)
-    cfg.data.root, cfg.data.limit = args.data, None
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.setup("test")
-    dataset = datamodule.datasets["val"]
+    dataset = checkpoint_datamodule(module, args.data, limit=None).datasets["val"]
     variants, chosen_from = {}, {}
     for name in args.refinements:
         if name not in grids:

@@ -61,8 +61,8 @@ class PermutohedralLattice:
             raise ValueError("Lattice keys need more than 62 bits: the features span too wide a range "
                              "(scale them down, e.g. larger sxy/srgb) or filter fewer images at once.")
         strides = [math.prod(spans[j + 1:]) for j in range(d)]
-        base, code = maybe_compiled(simplex_codes, compile)(
-            rem0, rank, mins, torch.tensor(strides, device=device), math.prod(spans), n)
+        stride_t = torch.tensor(strides, device=device)
+        base, code = maybe_compiled(simplex_codes, compile)(rem0, rank, mins, stride_t, math.prod(spans), n)
         # Group pixels by enclosing simplex (one sort); the image index leads the code, so each
         # image keeps one block of rows.
         sorted_codes, perm = torch.sort(code)
@@ -71,8 +71,7 @@ class PermutohedralLattice:
         s = counts.numel()
         starts = counts.cumsum(0) - counts
         first = perm[starts]  # one pixel of each simplex
-        corner_codes = maybe_compiled(simplex_corners, compile)(base[first], rank[:d, first],
-                                                                torch.tensor(strides, device=device))
+        corner_codes = maybe_compiled(simplex_corners, compile)(base[first], rank[:d, first], stride_t)
         # Distinct vertices (one more sort), with the corners of each vertex side by side; corners are
         # numbered simplex-major (s * (d+1) + k).
         sorted_corners, self.corner_order = torch.sort(corner_codes.reshape(-1))
@@ -243,7 +242,7 @@ class TorchDenseCRF:
         gauss = self.gaussian_lattice(h, w, b, device).reordered(order)
         unary = maybe_compiled(gather_unary, self.compile)(probs.view(b, k, n), order)  # -energy, (B * N, K)
         step = maybe_compiled(softmax_energy, self.compile)
-        q = step(unary, unary, -unary)
+        q = step(unary, unary, -unary)  # softmax(unary)
         for _ in range(self.iterations):
             q = step(bilateral.filter(q), gauss.filter(q), unary)
         return q, order
