@@ -16,11 +16,11 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.
 def keep_freed_memory() -> bool:
     """Let glibc malloc serve large blocks from its heap and keep freed memory for reuse.
 
-    By default glibc gives every block over 32 MB its own mmap and unmaps it on free, so a loop
-    that allocates the same large tensors each step page-faults all of them in again: on this
-    project's 2-core machine the dense CRF spent 40% of its time in the kernel (500k page faults
-    per batch of 8 photos). With the mmap threshold at 1 GiB and the trim threshold at 2 GiB,
-    freed blocks are reused instead. The price: the process keeps its peak memory until it exits.
+    By default glibc gives large blocks (above a threshold of at most 32 MB) their own mmap and
+    unmaps them on free, so a loop that allocates the same large tensors each step page-faults them
+    all in again; the dense CRF on a batch of 8 photos spent a large share of its time in the
+    kernel. With the mmap threshold at 1 GiB and the trim threshold at 2 GiB, freed blocks are
+    reused instead. The price: the process keeps its peak memory until it exits.
     Applies once per process on Linux with glibc; returns whether it is in effect.
     """
     global _applied
