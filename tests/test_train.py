@@ -57,6 +57,22 @@ def test_model_learns_the_synthetic_task(train_cfg):
     assert results["test"]["miou"] > 0.6, results["test"]
 
 
+def test_ema_callback_checkpoints_the_averaged_weights(train_cfg, tmp_path, data_root):
+    cfg = train_cfg("trainer.max_epochs=2", "task=person", "callbacks=ema", "callbacks.ema.decay=0.9")
+    _, results = train(cfg)
+    ckpt = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=False)
+    averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]  # raw weights kept for resuming
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if averaged[k].is_floating_point())
+    # The network loaded from the checkpoint is the average, and it scores what training reported.
+    module = load_checkpoint(results["best_checkpoint"])
+    assert all(torch.equal(v, averaged[k]) for k, v in module.state_dict().items())
+    eval_cfg = compose_cfg("eval", [f"ckpt_path={results['best_checkpoint']}", "task=person",
+                                    f"data.root={data_root}", f"paths.output_dir={tmp_path / 'eval'}",
+                                    "trainer.precision=32-true"])
+    assert evaluate(eval_cfg)["scores"]["miou"] == pytest.approx(results["test"]["miou"], abs=1e-6)
+
+
 def test_checkpoint_rebuilds_network_and_classes(train_cfg):
     cfg = train_cfg("trainer.max_epochs=1", "task=person", "test=false")
     _, results = train(cfg)

@@ -19,7 +19,7 @@ class DenseCRF(Refinement):
             or ``pydensecrf2`` (the authors' C++ code, pip install pydensecrf2).
         device: for the torch backend (default: CPU).
         compile: torch backend: ``torch.compile`` its per-pixel arithmetic (a one-off ~20-40 s per
-            process; 1.4x faster per batch on a 2-core CPU, scripts/benchmark_crf.py). Falls back to eager, with a
+            process; 1.5-1.7x faster per batch on a 2-core CPU, scripts/benchmark_crf.py). Falls back to eager, with a
             warning, where compiling fails.
     """
 
