@@ -91,8 +91,7 @@ class PermutohedralLattice:
         # the same rows while they are in cache (1.5x faster than corner-major).
         self.order = perm
         weights = weights[perm]  # (bn, d+1), rows in simplex order from here on
-        self.pixels, self.splat_w = maybe_compiled(simplex_major_bags, compile)(simplex, starts, counts, weights,
-                                                                                itype == torch.int32)
+        self.pixels, self.splat_w = maybe_compiled(simplex_major_bags, compile)(simplex, starts, counts, weights, itype)
         self.pixel_starts = ((d + 1) * starts[:, None] + torch.arange(d + 1, device=device) * counts[:, None]).reshape(-1)
         # Slice: each pixel's d+1 vertices (row 0 of the blurred lattice is an always-zero row).
         self.slice_idx = corners.view(s, d + 1)[simplex]  # (bn, d+1)
@@ -339,16 +338,16 @@ def simplex_corners(simplex: torch.Tensor, strides: torch.Tensor) -> torch.Tenso
 
 
 def simplex_major_bags(simplex: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor, weights: torch.Tensor,
-                       int32: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows and weights of the splat's bags, bag (s, k) = the ``counts[s]`` rows from ``starts[s]`` with
     weights ``weights[row, k]``, bags in simplex-major order; ``simplex`` is each row's simplex. Each
-    row writes its d+1 entries (one scatter, no per-entry index array)."""
+    row writes its d+1 entries (one scatter, no per-entry index array); rows in ``dtype``."""
     bn, d1 = weights.shape
     row = torch.arange(bn, device=weights.device)
     first, count = starts[simplex], counts[simplex]
     pos = ((d1 - 1) * first + row)[:, None] + torch.arange(d1, device=weights.device)[None, :] * count[:, None]
     pos = pos.reshape(-1)
-    rows = torch.empty(bn * d1, dtype=torch.int32 if int32 else torch.int64, device=weights.device)
+    rows = torch.empty(bn * d1, dtype=dtype, device=weights.device)
     rows = rows.index_put((pos,), row.to(rows.dtype)[:, None].expand(bn, d1).reshape(-1))
     splat_w = weights.new_empty(bn * d1).index_put((pos,), weights.reshape(-1))
     return rows, splat_w
