@@ -1,6 +1,6 @@
 """Accuracy benchmark: train (or reuse) the listed experiment recipes and score them on the test split.
 
-    python scripts/benchmark_accuracy.py                                  # fast_person best_person best_fashion
+    python scripts/benchmark_accuracy.py                                  # every recipe in DEFAULT_RECIPES
     python scripts/benchmark_accuracy.py --recipes best_fashion --retrain
     make bench-accuracy
 
@@ -8,7 +8,9 @@ Each recipe trains with `python train.py experiment=<recipe> hydra.run.dir=<runs
 fresh process (model selection on the validation split only; the test split is scored once, on
 the best checkpoint). A run directory that already holds results.json is reused unless
 --retrain. Recipes that differ only in evaluation settings (tta_hflip) share one trained network:
-the second is scored with eval.py on the first one's checkpoint.
+the second is scored with eval.py on the first one's checkpoint. A recipe's test-time refinements
+(`callbacks.refinements`: methods and their parameters, chosen on the validation split) add one
+row each, scored on the same network outputs.
 
 Prints one table (task, recipe, device, train minutes, test mIoU, pixel accuracy, per-class IoU)
 and writes it as JSON and Markdown, plus <run dir>/confusion.png for every row.
@@ -34,7 +36,7 @@ from fashionseg.figures import confusion_figure  # noqa: E402
 from fashionseg.metrics import scores  # noqa: E402
 
 EVAL_ONLY = {"tta_hflip", "task_name", "tags", "test", "optimized_metric"}  # keys that do not change training
-DEFAULT_RECIPES = ["fast_person", "best_person", "best_fashion"]
+DEFAULT_RECIPES = ["fast_person", "fast_person_trainval", "best_person", "best_fashion"]
 
 
 def recipe_config(recipe: str, overrides: list[str]) -> dict:
@@ -44,7 +46,19 @@ def recipe_config(recipe: str, overrides: list[str]) -> dict:
 
 
 def training_key(cfg: dict) -> str:
-    return json.dumps({k: v for k, v in cfg.items() if k not in EVAL_ONLY}, sort_keys=True, default=str)
+    key = {k: v for k, v in cfg.items() if k not in EVAL_ONLY}
+    key["callbacks"] = {k: v for k, v in (cfg.get("callbacks") or {}).items() if k != "refinements"}
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def refinement_overrides(cfg: dict) -> list[str]:
+    """eval.py overrides that score the recipe's ``callbacks.refinements`` (none when it has none)."""
+    spec = (cfg.get("callbacks") or {}).get("refinements")
+    if not spec:
+        return []
+    params = spec.get("params") or {}
+    return [f"postprocess=[{','.join(spec['methods'])}]",
+            *[f"postprocess.{m}.{k}={v}" for m, ps in params.items() for k, v in ps.items()]]
 
 
 def device_name(cfg: dict) -> str:
@@ -94,10 +108,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if args.retrain or not (run_dir / "eval_results.json").exists():
                 run_dir.mkdir(parents=True, exist_ok=True)
                 run([python, "eval.py", f"ckpt_path={src['best_checkpoint']}", f"tta_hflip={cfg.get('tta_hflip')}",
-                     f"hydra.run.dir={run_dir}", *[o for o in args.overrides if o.startswith("data.root=")]],
-                    run_dir / "benchmark.log")
+                     f"hydra.run.dir={run_dir}", *refinement_overrides(cfg),
+                     *[o for o in args.overrides if o.startswith("data.root=")]], run_dir / "benchmark.log")
             ev = json.loads((run_dir / "eval_results.json").read_text())
-            test, confusion = ev["scores"], ev["confusion"]
+            test, confusion, refined = ev["scores"], ev["confusion"], ev.get("refinements")
             fit_s, note = src["fit_time_s"], f"network of {source}, evaluated with tta_hflip={cfg.get('tta_hflip')}"
             command = f"{command}  # scored: network of {source.name} + eval.py tta_hflip={cfg.get('tta_hflip')}"
         else:
@@ -106,26 +120,37 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 run([python, "train.py", f"experiment={recipe}", f"hydra.run.dir={run_dir}",
                      "trainer.enable_progress_bar=false", *args.overrides], run_dir / "benchmark.log")
             res = json.loads(results_path.read_text())
-            test, confusion, fit_s, note = res["test"], res["test_confusion"], res["fit_time_s"], ""
+            test, confusion, refined = res["test"], res["test_confusion"], res.get("refinements")
+            fit_s, note = res["fit_time_s"], ""
             trained[key] = run_dir
+        common = {"task": cfg["task"]["name"], "device": device_name(cfg), "train_min": round(fit_s / 60, 1),
+                  "run_dir": str(run_dir)}
         names = list(cfg["task"]["class_names"])
-        recomputed = scores(__import__("torch").tensor(confusion), names)  # table and figure from one source
-        assert abs(recomputed["miou"] - test["miou"]) < 1e-6, (recomputed, test)
-        figure = confusion_figure(confusion, names, run_dir / "confusion.png",
-                                  title=f"{recipe}: test mIoU {100 * test['miou']:.1f}%")
-        rows.append({
-            "task": cfg["task"]["name"], "recipe": recipe, "device": device_name(cfg),
-            "train_min": round(fit_s / 60, 1), "test_miou": round(100 * test["miou"], 2),
-            "pixel_acc": round(100 * test["pixel_acc"], 2),
-            "per_class_iou": {n: round(100 * test[f"iou_{n}"], 1) for n in names},
-            "command": command, "run_dir": str(run_dir), "figure": str(figure), "note": note,
-        })
+        rows.append(table_row(recipe, test, confusion, names, run_dir / "confusion.png",
+                              command=command, note=note, **common))
+        for method, report in (refined or {}).items():
+            if method == "none" or not isinstance(report, dict):  # "none" is the row above
+                continue
+            rows.append(table_row(f"{recipe} + {method}", report, report["confusion"], names,
+                                  run_dir / f"confusion_{method}.png", command=f"{command}  # its {method} row",
+                                  note=f"{note}; {method} refinement, {report['ms_per_image']:.1f} ms/image".lstrip("; "),
+                                  **common))
     print_table(rows)
     out = Path(args.out) if args.out else runs / "accuracy.json"
     out.write_text(json.dumps(rows, indent=1))
     out.with_suffix(".md").write_text(markdown(rows))
     print(f"\nWritten to {out} and {out.with_suffix('.md')}")
     return rows
+
+
+def table_row(recipe: str, test: dict, confusion: list, names: list[str], figure_path: Path, **fields) -> dict:
+    """One table row, its scores recomputed from the confusion matrix that its figure shows."""
+    recomputed = scores(__import__("torch").tensor(confusion), names)  # table and figure from one source
+    assert abs(recomputed["miou"] - test["miou"]) < 1e-6, (recomputed, test)
+    figure = confusion_figure(confusion, names, figure_path, title=f"{recipe}: test mIoU {100 * test['miou']:.1f}%")
+    return {"recipe": recipe, **fields, "test_miou": round(100 * test["miou"], 2),
+            "pixel_acc": round(100 * test["pixel_acc"], 2),
+            "per_class_iou": {n: round(100 * test[f"iou_{n}"], 1) for n in names}, "figure": str(figure)}
 
 
 def markdown(rows: list[dict]) -> str:

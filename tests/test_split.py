@@ -12,6 +12,13 @@ def test_reference_split_sizes_and_determinism():
     assert split_indices(600, (0.5, 0.1, 0.4), seed=43)[2] != test
 
 
+def test_train_plus_val_split_keeps_the_reference_test_split():
+    """data.split=[0.6,0,0.4] (experiment=fast_person_trainval) trains on the reference train + val photos."""
+    train, val, test = split_indices(600, (0.5, 0.1, 0.4), seed=42)
+    merged, empty, same_test = split_indices(600, (0.6, 0.0, 0.4), seed=42)
+    assert merged == sorted(train + val) and empty == [] and same_test == test
+
+
 def test_split_matches_global_manual_seed_semantics():
     """The reference study called torch.manual_seed(42) and then random_split on the global RNG."""
     state = torch.random.get_rng_state()

@@ -73,6 +73,15 @@ def test_ema_callback_checkpoints_the_averaged_weights(train_cfg, tmp_path, data
     assert evaluate(eval_cfg)["scores"]["miou"] == pytest.approx(results["test"]["miou"], abs=1e-6)
 
 
+def test_train_plus_val_recipe_trains_without_validation_and_tests_the_last_epoch(train_cfg):
+    _, results = train(train_cfg("experiment=fast_person_trainval", "trainer.max_epochs=2",
+                                 "model.net.encoder_weights=null"))
+    assert results["split"]["val"] == [] and len(results["split"]["train"]) == 12 and len(results["split"]["test"]) == 8
+    assert results["epochs"] == 2 and results["val_miou_best"] is None
+    assert Path(results["best_checkpoint"]).name == "epoch001-last.ckpt"  # no selection: the last epoch
+    assert 0.0 <= results["test"]["miou"] <= 1.0
+
+
 def test_checkpoint_rebuilds_network_and_classes(train_cfg):
     cfg = train_cfg("trainer.max_epochs=1", "task=person", "test=false")
     _, results = train(cfg)

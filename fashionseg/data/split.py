@@ -1,5 +1,6 @@
 """The seeded train/val/test split of the reference study."""
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -27,5 +28,7 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[list[in
             f"got {list(fractions)}; e.g. data.split=[0.5,0.1,0.4]."
         )
     generator = torch.Generator().manual_seed(seed)
-    subsets = random_split(range(n), list(fractions), generator=generator)
+    with warnings.catch_warnings():  # an empty subset is asked for (e.g. no validation split): no warning
+        warnings.filterwarnings("ignore", "Length of split at index", UserWarning)
+        subsets = random_split(range(n), list(fractions), generator=generator)
     return [sorted(s.indices) for s in subsets]
