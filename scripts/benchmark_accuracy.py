@@ -6,7 +6,7 @@
 
 Each recipe trains with `python train.py experiment=<recipe> hydra.run.dir=<runs>/<recipe>` in a
 fresh process (model selection on the validation split only; the test split is scored once, on
-the best checkpoint). A run directory that already holds results.json is reused unless
+the best checkpoint, or on the last epoch of a recipe without a validation split). A run directory that already holds results.json is reused unless
 --retrain. Recipes that differ only in evaluation settings (tta_hflip) share one trained network:
 the second is scored with eval.py on the first one's checkpoint. A recipe's test-time refinements
 (`callbacks.refinements`: methods and their parameters, chosen on the validation split) add one
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 continue
             rows.append(table_row(f"{recipe} + {method}", report, report["confusion"], names,
                                   run_dir / f"confusion_{method}.png", command=f"{command}  # its {method} row",
-                                  note=f"{note}; {method} refinement, {report['ms_per_image']:.1f} ms/image".lstrip("; "),
+                                  note="; ".join(filter(None, [note, f"{method}: {report['ms_per_image']:.1f} ms/image"])),
                                   **common))
     print_table(rows)
     out = Path(args.out) if args.out else runs / "accuracy.json"
