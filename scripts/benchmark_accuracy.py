@@ -6,9 +6,10 @@
 
 Each recipe trains with `python train.py experiment=<recipe> hydra.run.dir=<runs>/<recipe>` in a
 fresh process (model selection on the validation split only; the test split is scored once, on
-the best checkpoint, or on the last epoch of a recipe without a validation split). A run directory that already holds results.json is reused unless
---retrain. Recipes that differ only in evaluation settings (tta_hflip) share one trained network:
-the second is scored with eval.py on the first one's checkpoint. A recipe's test-time refinements
+the best checkpoint, or on the last epoch of a recipe without a validation split). A run
+directory that already holds results.json is reused unless --retrain. Recipes that differ only
+in evaluation settings (tta_hflip, refinements) share one trained network: the second is scored
+with eval.py on the first one's checkpoint. A recipe's test-time refinements
 (`callbacks.refinements`: methods and their parameters, chosen on the validation split) add one
 row each, scored on the same network outputs.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
@@ -64,8 +66,6 @@ def refinement_overrides(cfg: dict) -> list[str]:
 def device_name(cfg: dict) -> str:
     accelerator = cfg["trainer"].get("accelerator", "cpu")
     if accelerator in ("gpu", "cuda"):
-        import torch
-
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "gpu"
     return f"CPU, {os.cpu_count()} cores ({platform.machine()})"
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def table_row(recipe: str, test: dict, confusion: list, names: list[str], figure_path: Path, **fields) -> dict:
     """One table row, its scores recomputed from the confusion matrix that its figure shows."""
-    recomputed = scores(__import__("torch").tensor(confusion), names)  # table and figure from one source
+    recomputed = scores(torch.tensor(confusion), names)  # table and figure from one source
     assert abs(recomputed["miou"] - test["miou"]) < 1e-6, (recomputed, test)
     figure = confusion_figure(confusion, names, figure_path, title=f"{recipe}: test mIoU {100 * test['miou']:.1f}%")
     return {"recipe": recipe, **fields, "test_miou": round(100 * test["miou"], 2),
