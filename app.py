@@ -4,11 +4,12 @@ import hydra
 from omegaconf import DictConfig
 
 from fashionseg.app import serve
+from fashionseg.cli import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="app")
 def main(cfg: DictConfig) -> None:
-    serve(cfg)
+    run(serve, cfg)
 
 
 if __name__ == "__main__":

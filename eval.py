@@ -3,12 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
+from fashionseg.cli import run
 from fashionseg.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    run(evaluate, cfg)
 
 
 if __name__ == "__main__":

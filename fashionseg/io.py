@@ -12,28 +12,52 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from fashionseg import DataError
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+FORMATS = "JPEG, PNG, BMP, TIFF, WebP or GIF"
+EMPTY = "{name} is empty (0 bytes); give a JPEG or PNG photo."
 
 
-def read_photo(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+class ImageTooLargeError(DataError):
+    """A photo has more pixels than the configured limit (checked before decoding)."""
+
+
+def read_photo(source: str | Path | bytes, name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
     """Decode a photo (path or bytes) to RGB uint8 (H, W, 3), upright as its EXIF orientation says.
 
     Grayscale, palette, CMYK and 16-bit photos are converted; transparent ones are laid on white.
-    Raises ``DataError`` naming the file when it is empty, not an image, or truncated.
+    ``max_pixels`` is checked against the size in the file's header, before any pixel is decoded.
+    Raises ``DataError`` naming the file when it is empty, missing, not an image or truncated, and
+    ``ImageTooLargeError`` when it has more than ``max_pixels`` pixels.
     """
     name = name or (str(source) if not isinstance(source, bytes) else "upload")
     if isinstance(source, bytes) and not source:
-        raise DataError(f"{name} is empty (0 bytes); give a JPEG or PNG photo.")
+        raise DataError(EMPTY.format(name=name))
+    if not isinstance(source, bytes):
+        path = Path(source)
+        if path.is_symlink() and not path.exists():
+            raise DataError(f"{name} is a broken link (to {path.readlink()}); restore its target or remove it.")
+        if path.is_file() and path.stat().st_size == 0:
+            raise DataError(EMPTY.format(name=name))
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            pixels = im.width * im.height
+            if max_pixels is not None and pixels > max_pixels:
+                raise ImageTooLargeError(
+                    f"{name} is {im.width}x{im.height} = {pixels / 1e6:.3g} MP; the limit is {max_pixels / 1e6:g} MP. "
+                    "Resize it first."
+                )
             im.load()
             im = ImageOps.exif_transpose(im)
             return to_rgb(im)
+    except DataError:
+        raise
     except FileNotFoundError as e:
         raise DataError(f"Photo {name} does not exist.") from e
     except Image.DecompressionBombError as e:
-        raise DataError(f"{name} is too large to decode safely ({e}); resize it first.") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"Cannot read {name} as an image ({e}); give a JPEG, PNG, BMP, TIFF or WebP photo.") from e
+        raise ImageTooLargeError(f"{name} is too large to decode safely ({e}); resize it first.") from e
+    except UnidentifiedImageError as e:  # its message holds Python's repr of the buffer, not the file name
+        raise DataError(f"Cannot read {name} as an image: it is not a {FORMATS} file, or it is damaged.") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"Cannot read {name} as an image ({e}); give a {FORMATS} photo.") from e
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:
@@ -55,10 +79,12 @@ def to_rgb(im: Image.Image) -> np.ndarray:
 def list_photos(path: str | Path) -> list[Path]:
     """A photo file, or the photos in a folder (sorted, by suffix, not recursive)."""
     path = Path(path)
-    if path.is_file():
+    if path.is_file() or path.is_symlink():
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+        # Broken links are listed too, so that they are reported rather than skipped in silence.
+        return sorted(p for p in path.iterdir()
+                      if p.suffix.lower() in PHOTO_SUFFIXES and (p.is_file() or p.is_symlink()))
     raise DataError(f"Input {path} does not exist; give a photo or a folder of photos.")
 
 

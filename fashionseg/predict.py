@@ -91,6 +91,14 @@ def predict(cfg: DictConfig) -> dict:
                 written.append(write_outputs(predictor, photo, probs, label, out_dir, path.stem, cfg.opacity))
                 bar.update(1)
     log.info("Labelled %d of %d photos into %s", len(written), len(photos), out_dir)
-    if failed:
-        log.error("%d file(s) could not be read: %s", len(failed), ", ".join(failed))
-    return {"written": [[str(p) for p in w] for w in written], "failed": failed, "output": str(out_dir)}
+    return {"photos": len(photos), "written": [[str(p) for p in w] for w in written], "failed": failed,
+            "output": str(out_dir)}
+
+
+def predict_job(cfg: DictConfig) -> dict:
+    """predict.py: label every photo, then fail (exit status 1) if any could not be read, naming them."""
+    summary = predict(cfg)
+    if summary["failed"]:
+        raise DataError(f"{len(summary['failed'])} of {summary['photos']} photo(s) could not be read, the others "
+                        f"were labelled into {summary['output']}: {', '.join(summary['failed'])}")
+    return summary

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import netrc
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -60,3 +63,31 @@ def configure_wandb(cfg: DictConfig) -> None:
                 logger_cfg.group = info[0]
             if logger_cfg.get("name") is None:
                 logger_cfg.name = info[1]
+
+
+def close_trackers(failed: bool) -> None:
+    """Finish the live W&B run, if any: flushes an offline run and marks a failed job as failed.
+
+    Hydra's launchers run the jobs of a ``-m`` sweep one after another in one process, and
+    Lightning's WandbLogger reuses a live ``wandb.run``: left open, a failed job's run would
+    receive the next job's metrics.
+    """
+    wandb = sys.modules.get("wandb")  # never imported: no run to close
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def closes_trackers(task: Callable) -> Callable:
+    """Decorate a job (like lightning-hydra-template's ``task_wrapper``): its trackers close however it ends."""
+
+    @functools.wraps(task)
+    def wrapped(*args, **kwargs):
+        failed = True
+        try:
+            result = task(*args, **kwargs)
+            failed = False
+            return result
+        finally:
+            close_trackers(failed)
+
+    return wrapped

@@ -11,16 +11,18 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-import yaml
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashionseg import ConfigError
+from fashionseg.callbacks.checkpoint import reroot
 from fashionseg.config import check_writable, validate
 from fashionseg.data import FashionDataModule
 from fashionseg.losses import median_frequency_weights
 from fashionseg.module import SegmentationModule
-from fashionseg.tracking import configure_wandb
+from fashionseg.tracking import closes_trackers, configure_wandb
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +43,22 @@ def resolve_auto_weights(loss_cfg: DictConfig, datamodule: FashionDataModule) ->
     return loss_cfg
 
 
-def instantiate_dict(cfg: DictConfig | None) -> list:
-    """Instantiate every ``_target_`` entry of a group like ``callbacks`` or ``logger``; null entries are off."""
+def instantiate_dict(cfg: DictConfig | None, group: str = "callbacks") -> list:
+    """Instantiate every entry of a group like ``callbacks`` or ``logger``; null entries are off.
+
+    A non-null entry without ``_target_`` is an error: it is what a value override of a callback that
+    was never selected leaves (e.g. ``callbacks.refinements.methods`` without ``callbacks=refine``), and
+    skipping it would drop that callback from the run without a word.
+    """
     if not cfg:
         return []
-    return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+    for name, node in cfg.items():
+        if node is not None and not (OmegaConf.is_dict(node) and "_target_" in node):
+            raise ConfigError(
+                f"{group}.{name}={node} has no _target_, so it would build nothing. Select the "
+                f"config that defines it (conf/{group}/), e.g. {group}=[default,{name}], or set {group}.{name}=null."
+            )
+    return [hydra.utils.instantiate(node) for node in cfg.values() if node is not None]
 
 
 def build_module(cfg: DictConfig, loss_cfg: DictConfig) -> SegmentationModule:
@@ -64,11 +77,41 @@ def build_module(cfg: DictConfig, loss_cfg: DictConfig) -> SegmentationModule:
     )
 
 
-def command_line_overrides() -> list[str]:
-    """The ``key=value`` overrides given on the command line (empty outside a Hydra run)."""
+def command_line_overrides() -> list[Override]:
+    """The command line's overrides, parsed by Hydra's own grammar (empty outside a Hydra run)."""
     if not HydraConfig.initialized():
         return []
-    return list(HydraConfig.get().overrides.task)
+    return OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+
+
+def group_choices() -> dict:
+    """The config group options this run composed, e.g. {"model": "u2netp", ...} (empty outside Hydra)."""
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+
+
+def reroot_config(node, old: str, new: str):
+    """A copy of a plain config (dicts, lists, scalars) with every path under ``old`` moved under ``new``."""
+    if isinstance(node, dict):
+        return {k: reroot_config(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [reroot_config(v, old, new) for v in node]
+    return reroot(node, old, new) if isinstance(node, str) and node.startswith(old) else node
+
+
+def read_stored_config(path: Path) -> dict:
+    """The fashionseg config inside a train.py checkpoint, without loading its tensors."""
+    try:
+        # mmap: only the config is read here; Lightning loads the tensors once, in fit().
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:  # truncated, overwritten or not a checkpoint at all
+        raise ConfigError(
+            f"Cannot read checkpoint {path} ({type(e).__name__}: {e}); it is truncated or not a checkpoint. Resume "
+            f"from another checkpoint of the run with ckpt_path=<file> (see {path.parent}), or start a new run."
+        ) from e
+    stored = ckpt.get("hyper_parameters", {}).get("config") if isinstance(ckpt, dict) else None
+    if not stored:
+        raise ConfigError(f"{path} holds no fashionseg config; it was not written by train.py.")
+    return stored
 
 
 def resume_config(cfg: DictConfig) -> DictConfig:
@@ -77,42 +120,55 @@ def resume_config(cfg: DictConfig) -> DictConfig:
     The stored config makes the resumed run identical to the original without repeating its
     overrides; ``key=value`` overrides on the resume command line (e.g. ``trainer.max_epochs=40``)
     still apply. Changing a whole group (``model=...``) would be a different run, and is refused.
+    Every path under the stored run directory is re-rooted at the directory given, so a copied or
+    moved run folder resumes into itself and never touches the original.
     """
     if cfg.get("ckpt_path") != "last":
         return cfg
-    path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    out_dir = str(cfg.paths.output_dir)
+    path = Path(out_dir) / "checkpoints" / "last.ckpt"
     if not path.is_file():
         raise ConfigError(
             f"ckpt_path=last, but {path} does not exist. Resume a run with "
             "`python train.py hydra.run.dir=<that run's directory> ckpt_path=last`."
         )
-    # mmap: only the config is read here; Lightning loads the tensors once, in fit().
-    stored = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {}).get("config")
-    if not stored:
-        raise ConfigError(f"{path} holds no fashionseg config; it was not written by train.py.")
+    stored = read_stored_config(path)
+    old_dir = stored.get("paths", {}).get("output_dir")
+    if old_dir and old_dir != out_dir:
+        log.info("Run directory moved from %s: its paths are re-rooted at %s", old_dir, out_dir)
+        stored = reroot_config(stored, old_dir, out_dir)
     resumed = OmegaConf.create(stored)
+    choices = group_choices()
     for override in command_line_overrides():
-        key, _, value = override.lstrip("+~").partition("=")
-        value = value.strip()
-        if key == "ckpt_path" or key.startswith("hydra.") or key.startswith("paths."):
+        key = override.key_or_group
+        if key == "ckpt_path" or key.startswith("hydra") or key.startswith("paths."):
             continue
-        if "." not in key:  # a group choice: repeating the original command is fine, changing the run is not
-            stored_name = OmegaConf.select(resumed, f"{key}.name")
+        if key in choices:  # a group choice: repeating the original command is fine, changing the run is not
+            stored_name, value = OmegaConf.select(resumed, f"{key}.name"), override.value()
             if stored_name is not None and stored_name != value:
                 raise ConfigError(
-                    f"Cannot resume a {key}={stored_name} run as {override}; start a new run for another {key}."
+                    f"Cannot resume a {key}={stored_name} run as {override.input_line}; start a new run for "
+                    f"another {key}."
                 )
             if stored_name is None:
-                log.warning("Ignoring %s on resume: the run keeps the config stored in its checkpoint.", override)
-            continue
-        OmegaConf.update(resumed, key, yaml.safe_load(value), force_add=False)
-    resumed.paths.output_dir, resumed.ckpt_path = cfg.paths.output_dir, str(path)
+                log.warning("Ignoring %s on resume: the run keeps the config stored in its checkpoint.",
+                            override.input_line)
+        elif override.is_delete():
+            parent_key, _, leaf = key.rpartition(".")
+            parent = OmegaConf.select(resumed, parent_key) if parent_key else resumed
+            if parent is not None and leaf in parent:
+                with open_dict(parent):
+                    del parent[leaf]
+        else:
+            OmegaConf.update(resumed, key, override.value(), merge=True,
+                             force_add=override.is_add() or override.is_force_add())
+    resumed.paths.output_dir, resumed.ckpt_path = out_dir, str(path)
     # Lightning's CSVLogger deletes an existing metrics.csv: log the resumed part beside it instead.
-    part = 1 + len(list(Path(cfg.paths.output_dir).glob("*/resume-*")))
+    part = 1 + len(list(Path(out_dir).glob("*/resume-*")))
     for logger_cfg in (resumed.get("logger") or {}).values():
         if logger_cfg and "version" in logger_cfg:
             logger_cfg.version = f"resume-{part}"
-    log.info("Resuming %s from %s", cfg.paths.output_dir, path)
+    log.info("Resuming %s from %s", out_dir, path)
     return resumed
 
 
@@ -123,14 +179,7 @@ def assign_run_ids(cfg: DictConfig) -> None:
             logger_cfg.id = uuid.uuid4().hex[:12]  # W&B run ids: lowercase letters and digits
 
 
-def finish_wandb(trainer: L.Trainer) -> None:
-    """Close the W&B run (flushes an offline run; the next job of a sweep starts its own)."""
-    if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
-        import wandb
-
-        wandb.finish()
-
-
+@closes_trackers
 def train(cfg: DictConfig) -> tuple[float | None, dict]:
     """Run one training job. Returns (the metric a sweeper optimises, the results written to results.json)."""
     start = time.time()
@@ -149,7 +198,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     loss_cfg = resolve_auto_weights(cfg.loss, datamodule)
     module = build_module(cfg, loss_cfg)
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")), logger=instantiate_dict(cfg.get("logger")) or False
+        cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")), logger=instantiate_dict(cfg.get("logger"), "logger") or False
     )
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -177,7 +226,6 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         "config": module.hparams.config,
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    finish_wandb(trainer)
     log.info("Test scores: %s", json.dumps(module.test_scores))
     log.info("Results written to %s", out_dir / "results.json")
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None, results

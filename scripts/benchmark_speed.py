@@ -93,7 +93,7 @@ def time_ours(cfg, module, datamodule, warmup: int, steps: int, log_dir: str) ->
     trainer = hydra.utils.instantiate(
         cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=log_dir,
-        callbacks=[*callbacks, timer], logger=instantiate_dict(cfg.logger) or False,
+        callbacks=[*callbacks, timer], logger=instantiate_dict(cfg.logger, "logger") or False,
     )
     trainer.fit(module, datamodule=datamodule)
     return steps * datamodule.batch_size / timer.seconds

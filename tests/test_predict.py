@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,7 +13,7 @@ from fashionseg import DataError
 from fashionseg.inference import Predictor
 from fashionseg.io import read_photo
 from fashionseg.predict import predict
-from tests.conftest import compose_cfg
+from tests.conftest import ROOT, compose_cfg
 
 
 def predict_cfg(ckpt, input_path, out, *overrides):
@@ -74,3 +77,29 @@ def test_postprocess_option(person_ckpt, tmp_path):
     Image.fromarray(np.full((64, 48, 3), 100, np.uint8)).save(tmp_path / "x.png")
     predict(predict_cfg(person_ckpt, tmp_path / "x.png", tmp_path / "out", "postprocess=cleanup"))
     assert Image.open(tmp_path / "out" / "x_label.png").size == (48, 64)
+
+
+def test_predict_py_exits_non_zero_with_the_count_of_failed_photos(person_ckpt, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((64, 48, 3), 100, np.uint8)).save(photos / "good.png")
+    (photos / "zero.jpg").write_bytes(b"")
+    (photos / "gone.jpg").symlink_to(tmp_path / "no_such_file.jpg")  # a broken link is reported, not skipped
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "predict.py", f"ckpt_path={person_ckpt}", f"input={photos}",
+                           f"output={out}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    log = proc.stdout + proc.stderr
+    assert "2 of 3 photo(s) could not be read" in log and "Traceback" not in log, log[-2000:]
+    assert "gone.jpg is a broken link" in log and "zero.jpg is empty (0 bytes)" in log
+    assert (out / "good_label.png").is_file()
+
+
+def test_zero_byte_file_and_upload_get_the_same_message(tmp_path):
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    with pytest.raises(DataError) as from_file:
+        read_photo(tmp_path / "zero.jpg", name="zero.jpg")
+    with pytest.raises(DataError) as from_upload:
+        read_photo(b"", name="zero.jpg")
+    assert str(from_file.value) == str(from_upload.value) == "zero.jpg is empty (0 bytes); give a JPEG or PNG photo."

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from summarize_runs import summarize  # noqa: E402
 
 
-def run_train(args: list[str], timeout: int = 600, **env) -> subprocess.CompletedProcess:
+def run_train(args: list[str], timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -99,6 +99,26 @@ def test_sweep_with_a_failing_job_and_summary(data_root, tmp_path):
     assert summary["swept"] == ["model.net.encoder_name"]
     for name in ("summary.txt", "summary.csv", "summary.png"):
         assert (sweep / name).stat().st_size > 0
+
+
+def test_failed_sweep_job_closes_its_wandb_run_and_the_next_job_gets_its_own(data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    # Job 0's loss turns NaN at its third step, after W&B started; job 1 trains normally.
+    proc = run_train(["-m", *sweep_overrides(data_root, tmp_path), f"hydra.sweep.dir={sweep}", "logger=wandb",
+                      "~loss", "+loss._target_=helpers.NaNAfterSteps", "+loss.steps=2,1000"],
+                     PYTHONPATH=str(ROOT / "tests"))
+    assert proc.returncode != 0 and "NonFiniteLossError" in proc.stderr, proc.stderr[-3000:]
+    runs = {job: list((sweep / job / "wandb").glob("offline-run-*")) for job in ("0", "1")}
+    assert len(runs["0"]) == 1 and len(runs["1"]) == 1, runs
+    records = {job: read_wandb_records(next(runs[job][0].glob("*.wandb"))) for job in runs}
+    history = {job: [{i.key or "/".join(i.nested_key) for i in r.history.item} for r in records[job]
+                     if r.HasField("history")] for job in records}
+    assert not any("val/miou" in h for h in history["0"]), "job 1's metrics landed in job 0's run"
+    assert sum("val/miou" in h for h in history["1"]) == 1
+    run_id = json.loads((sweep / "1" / "results.json").read_text())["config"]["logger"]["wandb"]["id"]
+    assert runs["1"][0].name.endswith(run_id)
+    exits = {job: [r.exit.exit_code for r in records[job] if r.HasField("exit")] for job in records}
+    assert exits == {"0": [1], "1": [0]}, exits
 
 
 def test_two_job_sweep_summary_sorted(data_root, tmp_path):

@@ -92,12 +92,17 @@ class FashionDataModule(L.LightningDataModule):
         share = -(-len(dataset) // world)
         # Training order and augmentation follow (seed, epoch) alone: a resumed run repeats the original.
         sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
+        # Each DataLoader iterator draws a base seed from its generator, by default the global torch RNG
+        # that dropout uses. Lightning makes the first epoch's iterator before `on_train_epoch_start`
+        # (where EpochSeed reseeds) and later ones after it, so a resumed run would see another dropout
+        # stream than an uninterrupted one. A generator of the loader's own keeps the global RNG untouched.
         return DataLoader(
             dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
             # A trailing training batch of one breaks BatchNorm (ASPP pooling): drop only that one.
             drop_last=train and share % self.batch_size == 1,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0, collate_fn=collate,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,59 @@
+"""Lightning's ModelCheckpoint, with a last.ckpt that is always the latest epoch and paths that follow the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+def reroot(path: str, old: str, new: str) -> str:
+    """``path`` moved from under the folder ``old`` to under ``new``; paths elsewhere are returned as they are."""
+    if not path or not old:
+        return path
+    try:
+        return str(Path(new) / Path(path).relative_to(old))
+    except ValueError:
+        return path
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint (same arguments) fixed for the two ways it loses or mixes up a run's work.
+
+    - Lightning 2.6 writes ``last.ckpt`` only in epochs that also wrote a top-k checkpoint, so after
+      an epoch that did not improve the monitored metric, ``last.ckpt`` still holds an older epoch:
+      a kill then loses that epoch and a resume trains it again. Here ``last.ckpt`` is written at
+      the end of every epoch's validation (or training epoch, without validation).
+    - The checkpoint stores absolute paths (its folder, the best and last files). Resuming a copied
+      or moved run folder would keep writing to and deleting from the original folder; here every
+      stored path under the stored folder is re-rooted at this callback's ``dirpath`` on load.
+    """
+
+    def _save_last_if_missed(self, trainer: L.Trainer) -> None:
+        # `_should_skip_saving_checkpoint` is true when this step was saved already (top-k + last),
+        # in sanity checking and in fast_dev_run.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            state_dict = dict(state_dict, dirpath=new)
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if state_dict.get(key):
+                    state_dict[key] = reroot(state_dict[key], old, new)
+            state_dict["best_k_models"] = {reroot(p, old, new): v
+                                           for p, v in (state_dict.get("best_k_models") or {}).items()}
+        super().load_state_dict(state_dict)

@@ -1,0 +1,53 @@
+"""What the entry points share: the run directory checked before Hydra writes to it, and one clean
+message for a user error (bad data, config or input) instead of two tracebacks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from fashionseg import ConfigError, FashionsegError
+from fashionseg.config import check_writable
+
+log = logging.getLogger("fashionseg")
+
+
+class RunDirectoryCheck(Callback):
+    """Hydra callback (conf/hydra/default.yaml): fail with the project's message, not Hydra's
+    ``PermissionError`` or ``Unable to configure handler 'file'``, when the run or sweep directory
+    cannot be created or written. Runs before Hydra creates the directory and its log file."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(directory: str) -> None:
+        try:
+            check_writable(directory)
+        except ConfigError as e:  # logging is not set up yet: Python prints the message, exit status 1
+            raise SystemExit(f"ConfigError: {e}") from None
+
+
+def run(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run an entry point's job. A ``FashionsegError`` is logged once, as one line (console and the job's
+    log, where scripts/summarize_runs.py finds it): a single run then exits with status 1 and no
+    traceback; a job of a sweep fails and the sweep goes on. Other errors keep their traceback."""
+    try:
+        return job(cfg)
+    except FashionsegError as e:
+        log.error("Job failed: %s: %s", type(e).__name__, e)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        raise SystemExit(1) from None
+    except Exception as e:
+        log.error("Job failed: %s: %s", type(e).__name__, e)
+        raise
