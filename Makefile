@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FASHIONSEG_DATA ?= $(firstword $(wildcard $(abspath ../shared/data/fashionista-csc420)) $(abspath data/fashionista-csc420))
 export FASHIONSEG_DATA
 
-.PHONY: install browser train train-person test test-all bench-speed bench-accuracy clean
+.PHONY: install browser lint train train-person test test-all bench-speed bench-accuracy clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,24 +19,28 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # The web demo's browser test drives Debian's Chromium (playwright talks to it; no browser download).
+# Installed with apt when running as root (CI); never with sudo: otherwise the test is skipped.
 CHROMIUM ?= $(firstword $(shell command -v chromium chromium-browser 2>/dev/null))
 browser:
 ifeq ($(CHROMIUM),)
-	@if command -v apt-get >/dev/null; then \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
-	else echo "No chromium and no apt-get: the browser test will be skipped (install Chromium to run it)."; fi
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "apt-get could not install chromium: the browser test will be skipped."; \
+	else echo "Chromium not found: the browser test will be skipped. To run it: sudo apt-get install chromium"; fi
 endif
 
-# The main job: DeepLabv3+ (EfficientNet-Lite0, ImageNet) on the 7-class fashion task, ~20 min on 2 CPU cores.
+lint: install
+	$(VENV)/bin/ruff check .
+
+# The main job: DeepLabv3+ (EfficientNet-Lite0, ImageNet) on the 7-class fashion task (README: time per epoch).
 train: install
 	$(PY) train.py model=deeplabv3plus task=fashion $(ARGS)
 
 train-person: install
 	$(PY) train.py model=deeplabv3plus task=person $(ARGS)
 
-# Hermetic tests (synthetic data, offline), under 10 minutes on 2 CPU cores.
-test: install browser
+# Lint, then the hermetic tests (synthetic data, offline).
+test: install browser lint
 	$(PY) -m pytest -q $(ARGS)
 
 # Also the slow tests on the real data set.

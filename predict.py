@@ -1,4 +1,7 @@
-"""Label photos: `python predict.py ckpt_path=<file.ckpt> input=<photo or folder> output=<folder>` (see conf/predict.yaml)."""
+"""Label photos: `python predict.py ckpt_path=<file.ckpt> input=<photo or folder> output=<folder>`.
+
+See conf/predict.yaml.
+"""
 
 import hydra
 from omegaconf import DictConfig

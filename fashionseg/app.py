@@ -224,11 +224,11 @@ def create_app(checkpoints: dict[str, str | None], max_upload_mb: float = 10.0, 
                 "photo": data_url(Image.fromarray(photo), "JPEG", quality=90),
                 "mask": data_url(colour_mask(label, model.palette)),
                 "label": data_url(label_image(label, model.palette)),
-                "legend": [{"name": n, "color": "#%02x%02x%02x" % tuple(int(c) for c in model.palette[k]),
+                "legend": [{"name": n, "color": "#{:02x}{:02x}{:02x}".format(*(int(c) for c in model.palette[k])),
                             "present": k in present} for k, n in enumerate(model.class_names)],
             }
             if model.num_classes == 2:
-                # A photo barely compresses: the fastest PNG level is as small as the default, 4x sooner.
+                # A photo barely compresses: the fastest PNG level is about as small as the default, and sooner.
                 result["cutout"] = data_url(cutout(photo, probs[1].numpy() * (label == 1)), compress_level=1)
             # Encoded by the worker: only the answer's bytes leave it.
             return Response(json.dumps(result), media_type="application/json")

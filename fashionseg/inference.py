@@ -34,8 +34,8 @@ class Predictor:
         bf16: bfloat16 autocast (CPU with AVX512_BF16, or CUDA).
         tta_hflip: average the logits of each photo and its mirror image.
         compile: ``torch.compile`` the network with inductor's weight freezing (conv + batch-norm
-            folding, fused kernels), after a one-off compile of ~20 s per input shape: fast_person 52 -> 42 ms
-            per photo with bf16 + channels_last on a 2-core CPU (scripts/benchmark_speed.py).
+            folding, fused kernels), after a one-off compile per input shape (timings: README, from
+            scripts/benchmark_speed.py).
         device: ``cpu`` or ``cuda``.
     """
 
@@ -85,7 +85,8 @@ class Predictor:
     def scores(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Logits (K, H, W) float32 on the CPU, one per photo, at each photo's size."""
         for i, image in enumerate(images):
-            if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+            rgb = isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
+            if not (rgb and image.dtype == np.uint8):
                 got = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}"
                 raise ValueError(f"Photo {i}: expected an (H, W, 3) uint8 RGB array, got {got}. "
                                  "Read files with fashionseg.io.read_photo, which converts any mode to RGB.")
@@ -95,7 +96,7 @@ class Predictor:
         result: list[torch.Tensor | None] = [None] * len(items)
         for group in groups:
             batch = torch.stack([items[i]["image"] for i in group]).to(self.device)
-            logits = self._logits(batch).contiguous()  # channels-last logits make the resize 4x slower
+            logits = self._logits(batch).contiguous()  # channels-last logits make the resize slower
             for j, i in enumerate(group):
                 vh, vw = (int(v) for v in items[i]["valid_hw"])
                 one = logits[j: j + 1, :, :vh, :vw]

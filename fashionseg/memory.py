@@ -29,7 +29,8 @@ def keep_freed_memory() -> bool:
         if sys.platform.startswith("linux"):
             try:
                 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 31))
+                _applied = (bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30))
+                            and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 31)))
             except (OSError, AttributeError):  # not glibc (e.g. musl): leave the allocator alone
                 _applied = False
         if _applied:

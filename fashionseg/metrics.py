@@ -18,7 +18,7 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
 def labels_from_scores(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Arg-max over the class dimension of scores (..., K, ...) (logits or probabilities), int64.
 
-    The same as ``scores.argmax(dim)`` (ties: the first class wins) but 5-20x faster on CPU, where
+    The same as ``scores.argmax(dim)`` (ties: the first class wins) but faster on CPU, where
     arg-max over an outer dimension of a few classes is slow: K - 1 element-wise comparisons instead.
     """
     planes = scores.unbind(dim)

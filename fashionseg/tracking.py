@@ -51,7 +51,8 @@ def configure_wandb(cfg: DictConfig) -> None:
             logger_cfg.offline = (mode in ("offline", "dryrun")) if mode else not wandb_logged_in()
         save_dir = Path(logger_cfg.save_dir) / "wandb"
         if logger_cfg.offline:
-            log.warning("W&B: offline (%s); runs are saved under %s, upload them later with `wandb sync %s/offline-run-*`.",
+            log.warning("W&B: offline (%s); runs are saved under %s, upload them later with "
+                        "`wandb sync %s/offline-run-*`.",
                         "WANDB_MODE=offline" if mode else "not logged in: run `wandb login` to go online",
                         save_dir, save_dir)
         else:

@@ -198,7 +198,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     loss_cfg = resolve_auto_weights(cfg.loss, datamodule)
     module = build_module(cfg, loss_cfg)
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")), logger=instantiate_dict(cfg.get("logger"), "logger") or False
+        cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")),
+        logger=instantiate_dict(cfg.get("logger"), "logger") or False,
     )
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

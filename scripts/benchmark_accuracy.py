@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 continue
             rows.append(table_row(f"{recipe} + {method}", report, report["confusion"], names,
                                   run_dir / f"confusion_{method}.png", command=f"{command}  # its {method} row",
-                                  note="; ".join(filter(None, [note, f"{method}: {report['ms_per_image']:.1f} ms/image"])),
+                                  note="; ".join(filter(None, [note,
+                                                              f"{method}: {report['ms_per_image']:.1f} ms/image"])),
                                   **common))
     print_table(rows)
     out = Path(args.out) if args.out else runs / "accuracy.json"

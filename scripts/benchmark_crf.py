@@ -59,7 +59,8 @@ def miou(preds: np.ndarray, labels: np.ndarray, k: int) -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, help="a train.py checkpoint (fashion: 7 classes)")
-    p.add_argument("--data", default=os.environ.get("FASHIONSEG_DATA", str(ROOT.parent / "shared/data/fashionista-csc420")))
+    p.add_argument("--data",
+                   default=os.environ.get("FASHIONSEG_DATA", str(ROOT.parent / "shared/data/fashionista-csc420")))
     p.add_argument("--images", type=int, default=8, help="test photos (agreement is measured on all of them)")
     p.add_argument("--batch", type=int, default=8, help="photos per timed batch")
     p.add_argument("--repeats", type=int, default=3)
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
         ms = statistics.median(timings[f"torch ({dev})"])
         results["rows"].append({"backend": f"ours, PyTorch ({dev})", "ms_per_image": ms, "speedup": ref_ms / ms,
                                 "agreement": float((labels_ours[dev] == ref).mean()),
-                                "agreement_min_image": float((labels_ours[dev] == ref).reshape(len(ref), -1).mean(1).min()),
+                                "agreement_min_image":
+                                    float((labels_ours[dev] == ref).reshape(len(ref), -1).mean(1).min()),
                                 "miou": miou(labels_ours[dev], labels, k), "timings": timings[f"torch ({dev})"]})
     header = f"{'backend':<30} {'ms/image':>9} {'speed-up':>9} {'agreement':>10} {'test mIoU':>10}"
     print(f"Dense CRF, {len(photos)} test photos {photos.shape[1]}x{photos.shape[2]}, {k} classes, "

@@ -167,7 +167,8 @@ def bench_data(args, root: str, consume_img_s: float | None) -> dict:
         for batch in loader:
             n += len(batch["id"])
     img_s = n / (time.perf_counter() - start)
-    return {"input_hw": [h, w], "batch_size": args.batch, "num_workers": 0, "augment": OmegaConf.to_container(cfg.data.augment),
+    return {"input_hw": [h, w], "batch_size": args.batch, "num_workers": 0,
+            "augment": OmegaConf.to_container(cfg.data.augment),
             "images": n, "img_s": img_s, "fastest_training_img_s": consume_img_s,
             "headroom": img_s / consume_img_s if consume_img_s else None}
 
@@ -219,9 +220,10 @@ def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
             predictor = Predictor(copy.deepcopy(net), names, size, **opts)
             try:
                 rows.append({"model": name, "input": label, "variant": variant,
-                             "ms": 1000 * time_call(lambda: predictor([photo]))})
+                             "ms": 1000 * time_call(lambda p=predictor: p([photo]))})
             except Exception as e:  # e.g. torch.compile without a C++ compiler: report it, time the rest
-                rows.append({"model": name, "input": label, "variant": variant, "error": f"{type(e).__name__}: {e}"[:300]})
+                rows.append({"model": name, "input": label, "variant": variant,
+                             "error": f"{type(e).__name__}: {e}"[:300]})
         if spec.get("onnx"):
             from fashionseg.export import OnnxRunner, export_onnx
 
@@ -229,7 +231,7 @@ def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
                 path = export_onnx(net.eval(), Path(tmp) / "model.onnx", size or [608, 416])
                 predictor = Predictor(OnnxRunner(path), names, size)
                 rows.append({"model": name, "input": label, "variant": "onnxruntime",
-                             "ms": 1000 * time_call(lambda: predictor([photo]))})
+                             "ms": 1000 * time_call(lambda p=predictor: p([photo]))})
         peak_mb = peak_rss_mb()
         for row in rows:
             row["peak_rss_mb"] = round(peak_mb)
@@ -273,7 +275,8 @@ def table(rows: list[list], header: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default="train,data,infer", help="comma-separated: train, data, infer")
     p.add_argument("--data", help="data set root (default: $FASHIONSEG_DATA or ../shared/data/fashionista-csc420)")
     p.add_argument("--model", default="deeplabv3plus", help="model config for the training comparison")
@@ -287,7 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--infer-task", default="fashion")
     p.add_argument("--infer-size", default="native", help="`native` (pad 600x400 to 608x416) or HxW")
     p.add_argument("--ckpt", nargs="*", default=[], help="trained checkpoints to time at their own input size")
-    p.add_argument("--onnx", action="store_true", help="also time ONNX Runtime for each --ckpt (needs the deploy extra)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also time ONNX Runtime for each --ckpt (needs the deploy extra)")
     p.add_argument("--out", default=str(ROOT / "outputs/benchmarks/speed.json"))
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the training config, e.g. trainer.precision=32")
     args = p.parse_args(argv)
@@ -305,7 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"Training throughput, {args.model} {args.size[0]}x{args.size[1]} batch {args.batch}:", flush=True)
         t = result["train"] = bench_train(args, root)
         print(table([["ours (LightningModule + DataModule + Trainer)", t["ours_median"]],
-                     ["bare PyTorch loop", t["bare_median"]], ["ratio ours / bare (median of rounds)", t["ratio_median"]]],
+                     ["bare PyTorch loop", t["bare_median"]],
+                     ["ratio ours / bare (median of rounds)", t["ratio_median"]]],
                     ["training loop", "images/s"]) + "\n", flush=True)
     if "data" in sections:
         fastest = max(result["train"]["ours_median"], result["train"]["bare_median"]) if "train" in result else None

@@ -47,7 +47,9 @@ def parse_grid(items: list[str]) -> dict:
         key, _, values = item.partition("=")
         name, _, param = key.partition(".")
         if not (param and values) or name not in grids:
-            raise SystemExit(f"--grid {item!r}: expected <refinement>.<param>=v1,v2 with refinement in {sorted(grids)}.")
+            raise SystemExit(
+                f"--grid {item!r}: expected <refinement>.<param>=v1,v2 with refinement in {sorted(grids)}."
+            )
         grids[name][param] = [yaml.safe_load(v) for v in values.split(",")]
     return grids
 
@@ -62,14 +64,18 @@ def label(name: str, params: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--data", default=os.environ.get("FASHIONSEG_DATA", str(ROOT.parent / "shared/data/fashionista-csc420")))
-    p.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation (as eval.py tta_hflip=true)")
+    p.add_argument("--data",
+                   default=os.environ.get("FASHIONSEG_DATA", str(ROOT.parent / "shared/data/fashionista-csc420")))
+    p.add_argument("--tta", action="store_true",
+                   help="horizontal-flip test-time augmentation (as eval.py tta_hflip=true)")
     p.add_argument("--refinements", nargs="+", default=["none", "cleanup", "crf", "superpixel"])
     p.add_argument("--grid", nargs="*", default=[], help="replace one parameter list: <refinement>.<param>=v1,v2")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--out", default=None, help="JSON path (default: tune_refinements.json next to the checkpoint's run)")
+    p.add_argument("--out", default=None,
+                   help="JSON path (default: tune_refinements.json next to the checkpoint's run)")
     args = p.parse_args(argv)
     grids = parse_grid(args.grid)
 

@@ -105,7 +105,7 @@ def small_limit_server(person_ckpt):
 def raw_post(url: str, headers: list[str]) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    head = [f"POST /api/segment HTTP/1.1", f"Host: {host}", "Content-Type: multipart/form-data; boundary=xyz", *headers]
+    head = ["POST /api/segment HTTP/1.1", f"Host: {host}", "Content-Type: multipart/form-data; boundary=xyz", *headers]
     sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
     return sock
 
@@ -173,8 +173,9 @@ def server(person_ckpt, fashion_ckpt):
 def page(server):
     if CHROMIUM is None:
         if os.environ.get("CI"):
-            pytest.fail("CI needs Chromium for the browser test: `make browser` installs Debian's chromium.")
-        pytest.skip("Chromium not installed (make browser installs it)")
+            pytest.fail("CI needs Chromium for the browser test: `make browser` installs Debian's chromium (as root).")
+        pytest.skip("Chromium not installed: install Debian's chromium (sudo apt-get install chromium) to run "
+                    "the browser test")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

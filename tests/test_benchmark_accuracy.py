@@ -16,7 +16,8 @@ def test_recipes_sharing_a_network_train_once_and_refinements_add_rows(data_root
     overrides = [f"data.root={data_root}", "data.image_size=[96,64]", "data.batch_size=2", "data.eval_batch_size=4",
                  "trainer.max_epochs=1", "trainer.precision=32-true", "model.net.encoder_weights=null"]
     # best_person is fast_person_trainval's network + flip TTA + the CRF: only fast_person trains.
-    rows = benchmark_accuracy.main(["--recipes", "fast_person_trainval", "best_person", "--runs", str(runs), *overrides])
+    rows = benchmark_accuracy.main(["--recipes", "fast_person_trainval", "best_person", "--runs", str(runs),
+                                    *overrides])
 
     assert [r["recipe"] for r in rows] == ["fast_person_trainval", "best_person", "best_person + crf"]
     assert not (runs / "best_person" / "results.json").exists()

@@ -1,11 +1,13 @@
+import os
+import subprocess
 from pathlib import Path
 
 import hydra
 import pytest
+from conftest import CONF, ROOT, compose_cfg
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose_cfg
 from fashionseg import ConfigError
 from fashionseg.config import validate
 
@@ -78,6 +80,38 @@ def test_impossible_values_fail_fast(override, message):
         validate(cfg)
 
 
-def test_optuna_search_composes():
-    cfg = compose_cfg("train", ["hparams_search=optuna", "paths.output_dir=/tmp/x"])
-    assert cfg.optimized_metric == "val/miou_best"
+def test_optuna_search_composes_and_searches_real_keys():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", ["hparams_search=optuna", "paths.output_dir=/tmp/x"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    # Every searched key is a key or group of the training config, and each of its choices composes.
+    for override in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in sweeper.params.items()]):
+        sweep = override.value()
+        values = [sweep.start, sweep.end] if hasattr(sweep, "start") else list(override.sweep_iterator())
+        for value in values:
+            one = compose_cfg("train", [f"{override.key_or_group}={value}", "paths.output_dir=/tmp/x"])
+            if override.key_or_group != "loss":
+                assert OmegaConf.select(one, override.key_or_group) == value
+            validate(one)
+
+
+def test_make_browser_never_calls_sudo(tmp_path):
+    """Not root and no Chromium: `make browser` says how to enable the browser test, and calls no sudo."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")
+    (bin_dir / "sudo").write_text(f"#!/bin/sh\ntouch {tmp_path / 'sudo-called'}\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(["make", "-s", "browser", "CHROMIUM="], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "browser test will be skipped" in proc.stdout and not (tmp_path / "sudo-called").exists()

@@ -4,9 +4,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import write_dataset, write_palette_png
 from PIL import Image
 
-from conftest import write_dataset, write_palette_png
 from fashionseg import ConfigError, DataError
 from fashionseg.data import FashionDataModule
 

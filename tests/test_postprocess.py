@@ -23,7 +23,8 @@ def two_region_case(h: int = 48, w: int = 64, noise: float = 0.35, seed: int = 0
     return image, probs, truth
 
 
-REFINEMENTS = [Identity(), SmallRegionCleanup(min_size=20), SuperpixelVote(), SuperpixelVote(method="slic", n_segments=50),
+REFINEMENTS = [Identity(), SmallRegionCleanup(min_size=20), SuperpixelVote(),
+               SuperpixelVote(method="slic", n_segments=50),
                SuperpixelVote(merge="rag"), SuperpixelVote(merge="kmeans", clusters=10),
                DenseCRF(backend="torch", compile=False)]
 
@@ -45,7 +46,8 @@ def test_shape_dtype_and_bad_inputs(refine):
 def test_crf_recovers_a_sharp_edge_from_noise():
     image, probs, truth = two_region_case(noise=0.35)
     before = (probs.argmax(0) == truth).mean()
-    after = (DenseCRF(backend="torch", bilateral_sxy=20, bilateral_srgb=20, compile=False)(image, probs) == truth).mean()
+    crf = DenseCRF(backend="torch", bilateral_sxy=20, bilateral_srgb=20, compile=False)
+    after = (crf(image, probs) == truth).mean()
     assert before < 0.85 and after > 0.99, (before, after)
 
 
@@ -142,7 +144,11 @@ def test_eval_and_test_end_callback_report_refinements_side_by_side(train_cfg, t
     # The unrefined row is the test score itself.
     assert abs(report["none"]["miou"] - results["test"]["miou"]) < 1e-9
     for method in ("cleanup", "crf", "superpixel"):
-        assert 0 <= report[method]["miou"] <= 1 and report[method]["ms_per_image"] > 0
+        cm = np.array(report[method]["confusion"], dtype=np.float64)
+        assert cm.sum() == sum(sum(row) for row in results["test_confusion"])  # every test pixel, once
+        union = cm.sum(0) + cm.sum(1) - np.diag(cm)
+        assert report[method]["miou"] == pytest.approx(np.mean(np.diag(cm)[union > 0] / union[union > 0]))
+        assert report[method]["ms_per_image"] > 0
     ckpt = results["best_checkpoint"]
     out = tmp_path / "eval"
     cfg = compose_cfg("eval", [f"ckpt_path={ckpt}", f"data.root={data_root}", f"paths.output_dir={out}",

@@ -73,10 +73,16 @@ def test_empty_and_missing_inputs_are_clear_errors(person_ckpt, tmp_path):
         read_photo(b"")
 
 
-def test_postprocess_option(person_ckpt, tmp_path):
-    Image.fromarray(np.full((64, 48, 3), 100, np.uint8)).save(tmp_path / "x.png")
-    predict(predict_cfg(person_ckpt, tmp_path / "x.png", tmp_path / "out", "postprocess=cleanup"))
-    assert Image.open(tmp_path / "out" / "x_label.png").size == (48, 64)
+def test_postprocess_option_applies_the_refinement(person_ckpt, tmp_path):
+    photo = np.random.default_rng(1).integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "x.png")
+    predict(predict_cfg(person_ckpt, tmp_path / "x.png", tmp_path / "out", "~postprocess.none",
+                        "+postprocess.least._target_=helpers.LeastLikelyLabels"))
+    written = np.array(Image.open(tmp_path / "out" / "x_label.png"))
+    probs = Predictor.from_checkpoint(person_ckpt, channels_last=True).probabilities([photo])[0]
+    assert np.array_equal(written, probs.argmin(0).numpy()) and not np.array_equal(written, probs.argmax(0).numpy())
+    cleaned = predict(predict_cfg(person_ckpt, tmp_path / "x.png", tmp_path / "clean", "postprocess=cleanup"))
+    assert cleaned["failed"] == {} and Image.open(tmp_path / "clean" / "x_label.png").size == (48, 64)
 
 
 def test_predict_py_exits_non_zero_with_the_count_of_failed_photos(person_ckpt, tmp_path):

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, compose_cfg, small_overrides
 from PIL import Image
 
-from conftest import ROOT, compose_cfg, small_overrides
 from fashionseg import ConfigError
 from fashionseg.callbacks import NonFiniteLossError
 from fashionseg.config import check_writable, validate
@@ -139,7 +139,8 @@ def test_callback_groups_compose_with_experiments():
     assert list(cfg.callbacks.refinements.methods) == ["none", "crf"]
     # Adding the callback keeps what the experiment set on the others (no validation split: no monitor).
     assert cfg.callbacks.model_checkpoint.monitor is None
-    assert {"ema", "refinements", "snapshots"} <= set(compose_cfg("train", ["callbacks=[ema,refine,snapshots]"]).callbacks)
+    several = compose_cfg("train", ["callbacks=[ema,refine,snapshots]"]).callbacks
+    assert {"ema", "refinements", "snapshots"} <= set(several)
 
 
 @pytest.mark.parametrize("override", ["+callbacks.refinements.methods=[none]", "+logger.csv2.save_dir=x"])

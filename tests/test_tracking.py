@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, small_overrides
 
@@ -192,6 +193,10 @@ def test_sweep_file_drives_train_py_with_hydra_overrides():
     sweep = yaml.safe_load((ROOT / "sweeps" / "fashion.yaml").read_text())
     assert sweep["program"] == "train.py" and "${args_no_hyphens}" in sweep["command"]
     # Every swept key is a valid override of the training config.
-    overrides = [f"{k}={(v.get('values') or [v.get('min')])[0]}" for k, v in sweep["parameters"].items()]
-    cfg = compose_cfg("train", overrides)
-    assert cfg.loss is not None
+    for key, spec in sweep["parameters"].items():
+        for value in spec.get("values") or [spec["min"], spec["max"]]:
+            cfg = compose_cfg("train", [f"{key}={value}"])
+            if key == "loss":  # a group: its config file was composed
+                assert cfg.loss == compose_cfg("train", [f"loss={value}"]).loss and "_target_" in cfg.loss
+            else:
+                assert OmegaConf.select(cfg, key) == yaml.safe_load(str(value)), (key, value)

@@ -4,4 +4,5 @@ from fashionseg.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from fashionseg.callbacks.images import PredictionImages
 from fashionseg.callbacks.refinements import RefinementReport
 
-__all__ = ["EpochSeed", "FiniteLossGuard", "NonFiniteLossError", "PredictionImages", "RefinementReport", "RunCheckpoint"]
+__all__ = ["EpochSeed", "FiniteLossGuard", "NonFiniteLossError", "PredictionImages", "RefinementReport",
+           "RunCheckpoint"]

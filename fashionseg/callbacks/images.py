@@ -55,7 +55,8 @@ class PredictionImages(L.Callback):
         names = list(module.class_names)
         palette = np.asarray(cfg.get("task", {}).get("palette") or _palette(len(names)), np.uint8)
         samples = self._samples(trainer, module, subset)
-        figure = _figure_array(confusion, names, f"{key} epoch {trainer.current_epoch}") if confusion is not None else None
+        title = f"{key} epoch {trainer.current_epoch}"
+        figure = _figure_array(confusion, names, title) if confusion is not None else None
         step = trainer.global_step
         for target in targets:
             if isinstance(target, WandbLogger):
@@ -72,7 +73,8 @@ class PredictionImages(L.Callback):
             else:
                 writer = target.experiment
                 for sid, photo, pred, true in samples:
-                    panel = np.concatenate([photo, np.asarray(overlay(photo, pred, palette, names, self.opacity, False)),
+                    panel = np.concatenate([photo,
+                                            np.asarray(overlay(photo, pred, palette, names, self.opacity, False)),
                                             np.asarray(overlay(photo, true, palette, names, self.opacity, False))], 1)
                     writer.add_image(f"{key}/predictions/{sid}", panel, step, dataformats="HWC")
                 if figure is not None:

@@ -45,7 +45,8 @@ class FashionDataModule(L.LightningDataModule):
         self.image_size = list(image_size) if image_size is not None else None
         self.size_multiple, self.split, self.seed = size_multiple, list(split), seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.num_workers, self.pin_memory, self.augment, self.limit = num_workers, pin_memory, dict(augment or {}), limit
+        self.num_workers, self.pin_memory, self.limit = num_workers, pin_memory, limit
+        self.augment = dict(augment or {})
         # Build the transforms now so that a bad size or augmentation fails before any file is read.
         self.train_transform = TrainTransform(self.image_size, size_multiple, self.augment)
         self.eval_transform = EvalTransform(self.image_size, size_multiple)

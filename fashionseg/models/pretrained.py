@@ -65,7 +65,9 @@ def map_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     """
     src = list(source.items())[: len(target)]
     if len(src) != len(target):
-        raise ConfigError(f"{origin}: {len(src)} tensors, but the encoder has {len(target)}; not the same architecture.")
+        raise ConfigError(
+            f"{origin}: {len(src)} tensors, but the encoder has {len(target)}; not the same architecture."
+        )
     mapped = {}
     for (sk, sv), (tk, tv) in zip(src, target.items()):
         if sv.shape != tv.shape:

@@ -7,7 +7,10 @@ import torch
 
 
 def check_inputs(image: np.ndarray, probs: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and convert: image (H, W, 3) uint8, probs (K, H, W) float32 numpy. Raises ValueError saying what is wrong."""
+    """Validate and convert: image (H, W, 3) uint8, probs (K, H, W) float32 numpy.
+
+    Raises ValueError saying what is wrong.
+    """
     if isinstance(probs, torch.Tensor):
         probs = probs.detach().float().cpu().numpy()
     if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):

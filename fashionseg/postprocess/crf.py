@@ -1,4 +1,7 @@
-"""Fully connected CRF (Krähenbühl & Koltun, 2011) over the network's probabilities: our PyTorch backend or pydensecrf2."""
+"""Fully connected CRF (Krähenbühl & Koltun, 2011) over the network's probabilities.
+
+Two backends: our PyTorch permutohedral lattice, or pydensecrf2.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ class DenseCRF(Refinement):
         backend: ``torch`` (our batched PyTorch implementation, CPU or CUDA, see ``permutohedral.py``)
             or ``pydensecrf2`` (the authors' C++ code, pip install pydensecrf2).
         device: for the torch backend (default: CPU).
-        compile: torch backend: ``torch.compile`` its per-pixel arithmetic (a one-off ~20-40 s per
-            process; 1.5-1.7x faster per batch on a 2-core CPU, scripts/benchmark_crf.py). Falls back to eager, with a
+        compile: torch backend: ``torch.compile`` its per-pixel arithmetic (a one-off compile per
+            process; speed-up measured by scripts/benchmark_crf.py). Falls back to eager, with a
             warning, where compiling fails.
     """
 
@@ -56,18 +59,22 @@ class DenseCRF(Refinement):
             check_inputs(image, p)
         if self.backend == "pydensecrf2":
             return np.stack([self.marginals(i, p).argmax(0) for i, p in zip(images, probs)]).astype(np.uint8)
-        return self.torch_crf().labels(torch.as_tensor(images), torch.as_tensor(probs, dtype=torch.float32)).cpu().numpy()
+        probs = torch.as_tensor(probs, dtype=torch.float32)
+        return self.torch_crf().labels(torch.as_tensor(images), probs).cpu().numpy()
 
     def marginals(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """The CRF's approximate marginals Q, (K, H, W) float32."""
         if self.backend == "torch":
-            q = self.torch_crf().marginals(torch.as_tensor(image)[None], torch.as_tensor(probs, dtype=torch.float32)[None])
+            probs = torch.as_tensor(probs, dtype=torch.float32)[None]
+            q = self.torch_crf().marginals(torch.as_tensor(image)[None], probs)
             return q[0].cpu().numpy()
         try:
             import pydensecrf.densecrf as dcrf
             from pydensecrf.utils import unary_from_softmax
         except ImportError as e:
-            raise ImportError("The CRF needs pydensecrf2: pip install pydensecrf2 (or pip install -e '.[refine]').") from e
+            raise ImportError(
+                "The CRF needs pydensecrf2: pip install pydensecrf2 (or pip install -e '.[refine]')."
+            ) from e
         k, h, w = probs.shape
         crf = dcrf.DenseCRF2D(w, h, k)
         crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.clip(probs, 1e-8, 1.0))))

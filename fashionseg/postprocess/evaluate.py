@@ -44,7 +44,8 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
 
     ``dataset`` is a SegmentationDataset with evaluation transform (photos and labels at native size
     in ``dataset.arrays``). ``precision_context``: a context manager factory for the network's forward
-    pass (the trainer's, e.g. bf16 autocast) so that the "none" row equals the test score. Returns ``{name: {scores..., "ms_per_image": refinement time}}`` plus
+    pass (the trainer's, e.g. bf16 autocast) so that the "none" row equals the test score.
+    Returns ``{name: {scores..., "ms_per_image": refinement time}}`` plus
     ``"network_ms_per_image"``. The first batch is a warm-up, not timed (one-off costs such as the
     CRF's torch.compile), where there is more than one batch.
     """

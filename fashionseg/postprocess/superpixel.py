@@ -33,7 +33,8 @@ class SuperpixelVote(Refinement):
         self.method, self.merge = method, None if merge == "none" else merge
         self.scale, self.sigma, self.min_size = scale, sigma, min_size
         self.n_segments, self.compactness = n_segments, compactness
-        self.rag_threshold, self.clusters, self.position_weight, self.seed = rag_threshold, clusters, position_weight, seed
+        self.rag_threshold, self.clusters = rag_threshold, clusters
+        self.position_weight, self.seed = position_weight, seed
 
     def segments(self, image: np.ndarray) -> np.ndarray:
         """Region index per pixel (H, W), 0..R-1."""
