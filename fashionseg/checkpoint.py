@@ -6,10 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-import hydra
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from omegaconf import OmegaConf
 
 from fashionseg import ConfigError
 from fashionseg.module import SegmentationModule
@@ -31,15 +29,7 @@ def load_checkpoint(path: str | Path, tta_hflip: bool = False) -> SegmentationMo
     config = ckpt.get("hyper_parameters", {}).get("config")
     if not config:
         raise ConfigError(f"Checkpoint {path} holds no fashionseg config; it was not written by train.py.")
-    cfg = OmegaConf.create(config)
-    if "encoder_weights" in cfg.model.net:
-        cfg.model.net.encoder_weights = None
-    net = hydra.utils.instantiate(cfg.model.net)
-    module = SegmentationModule(
-        net=net, loss=hydra.utils.instantiate(cfg.loss), optimizer=hydra.utils.instantiate(cfg.optimizer),
-        scheduler=None, class_names=list(cfg.task.class_names), aux_weight=cfg.model.get("aux_weight", 0.0),
-        tta_hflip=tta_hflip, config=config,
-    )
+    module = SegmentationModule.from_config(config, pretrained=False, tta_hflip=tta_hflip, config=config)
     module.load_state_dict(ckpt["state_dict"], strict=True)
     return module.eval()
 

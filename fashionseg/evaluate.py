@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from fashionseg import ConfigError
 from fashionseg.checkpoint import load_checkpoint
 from fashionseg.config import check_writable
+from fashionseg.memory import keep_freed_memory
 from fashionseg.postprocess.evaluate import evaluate_refinements, refinement_table
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "confusion": module.test_confusion.tolist(), "ms_per_image": round(1000 * seconds / len(loader.dataset), 1),
     }
     if cfg.get("postprocess"):
+        keep_freed_memory()  # a batch job: the CRF's large buffers are reused, not page-faulted in
         refinements = {name: hydra.utils.instantiate(c) for name, c in cfg.postprocess.items()}
         dataset = loader.dataset
         report = evaluate_refinements(module, dataset, refinements, cfg.data.batch_size,

@@ -1,8 +1,11 @@
 """Label new photos with a trained network: any size in, label maps at the photo's own size out.
 
+``network_logits`` and ``crop_and_resize`` are the one inference path: the LightningModule's
+evaluation (and through it the refinement evaluation and the image callbacks) and ``Predictor``
+(predict.py, app.py, export checks, benchmarks) all call them, so every surface scores the same.
+
 The network runs at the input size it was trained with (read from the checkpoint); its logits
-are cropped to the photo, resized back to the photo's size and turned into class
-probabilities. ``Predictor`` is what predict.py, app.py, export.py and the speed benchmark use.
+are cropped to the photo, resized back to the photo's size and turned into class probabilities.
 """
 
 from __future__ import annotations
@@ -75,12 +78,7 @@ class Predictor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.net(batch)
-            logits = (out["out"] if isinstance(out, dict) else out).float()
-            if self.tta_hflip:
-                flipped = self.net(batch.flip(-1))
-                logits = 0.5 * (logits + (flipped["out"] if isinstance(flipped, dict) else flipped).float().flip(-1))
-        return logits
+            return network_logits(self.net, batch, self.tta_hflip)
 
     def scores(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Logits (K, H, W) float32 on the CPU, one per photo, at each photo's size."""
@@ -98,12 +96,7 @@ class Predictor:
             batch = torch.stack([items[i]["image"] for i in group]).to(self.device)
             logits = self._logits(batch).contiguous()  # channels-last logits make the resize slower
             for j, i in enumerate(group):
-                vh, vw = (int(v) for v in items[i]["valid_hw"])
-                one = logits[j: j + 1, :, :vh, :vw]
-                size = images[i].shape[:2]
-                if tuple(one.shape[-2:]) != tuple(size):
-                    one = F.interpolate(one, size=size, mode="bilinear", align_corners=False)
-                result[i] = one[0].cpu()
+                result[i] = crop_and_resize(logits[j: j + 1], items[i]["valid_hw"], images[i].shape[:2])[0].cpu()
         return result
 
     def probabilities(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
@@ -113,6 +106,27 @@ class Predictor:
     def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Label maps (H, W) uint8, one per photo (the arg-max of the logits: no softmax needed)."""
         return [labels_from_scores(s, 0).to(torch.uint8).numpy() for s in self.scores(images)]
+
+
+def network_logits(net: nn.Module | Runner, images: torch.Tensor, tta_hflip: bool = False) -> torch.Tensor:
+    """Float logits (B, K, h, w) of a batch at the network's input size; with ``tta_hflip``, averaged
+    with the mirror image's. ``net`` returns ``{"out": logits}`` (a network) or logits (a Runner)."""
+    out = net(images)
+    logits = (out["out"] if isinstance(out, dict) else out).float()
+    if tta_hflip:
+        flipped = net(images.flip(-1))
+        logits = 0.5 * (logits + (flipped["out"] if isinstance(flipped, dict) else flipped).float().flip(-1))
+    return logits
+
+
+def crop_and_resize(logits: torch.Tensor, valid_hw: Sequence[int] | torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Logits (B, K, h, w) of photos padded to the network's input: the padding cropped to the photo's
+    area ``valid_hw`` (H', W'), the rest resized (bilinear) to the label's ``size`` (H, W)."""
+    vh, vw = (int(v) for v in valid_hw)
+    logits = logits[..., :vh, :vw]
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return logits
 
 
 def default_palette(k: int) -> list[list[int]]:

@@ -24,13 +24,14 @@ class CrossEntropy(nn.Module):
 
     Args:
         weights: None, a list of K class weights, or ``"auto"``; ``auto`` must be resolved with
-            ``median_frequency_weights`` before construction (``build_loss`` does this).
+            ``median_frequency_weights`` before construction (train.py's ``resolve_auto_weights`` does this).
     """
 
     def __init__(self, weights: Sequence[float] | None = None, ignore_index: int = -100):
         super().__init__()
         if isinstance(weights, str):
-            raise ConfigError(f"loss.weights={weights!r} must be resolved to numbers first; use build_loss().")
+            raise ConfigError(f"loss.weights={weights!r} must be resolved to numbers first "
+                              "(train.py resolves `auto` from the training split).")
         if weights is not None and any(w < 0 for w in weights):
             raise ConfigError(f"loss.weights must be non-negative, got {list(weights)}.")
         self.register_buffer("weight", None if weights is None else torch.tensor(list(weights), dtype=torch.float32))

@@ -20,7 +20,9 @@ def keep_freed_memory() -> bool:
     unmaps them on free, so a loop that allocates the same large tensors each step page-faults them
     all in again; the dense CRF on a batch of 8 photos spent a large share of its time in the
     kernel. With the mmap threshold at 1 GiB and the trim threshold at 2 GiB, freed blocks are
-    reused instead. The price: the process keeps its peak memory until it exits.
+    reused instead. The price: the process keeps its peak memory until it exits, so batch
+    evaluations opt in at their entry points (eval.py with refinements, the refinement report
+    after testing, scripts/tune_refinements.py, scripts/benchmark_crf.py); servers do not.
     Applies once per process on Linux with glibc; returns whether it is in effect.
     """
     global _applied

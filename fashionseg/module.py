@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import hydra
 import lightning as L
 import torch
-import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric
 
+from fashionseg.inference import crop_and_resize, network_logits
 from fashionseg.metrics import SegmentationMetrics, labels_from_scores, scores
 
 
@@ -43,6 +45,38 @@ class SegmentationModule(L.LightningModule):
         self.test_scores: dict[str, float] = {}
         self.test_confusion: torch.Tensor | None = None
 
+    @classmethod
+    def from_config(cls, cfg: DictConfig | Mapping, loss_cfg: DictConfig | Mapping | None = None,
+                    pretrained: bool = True, **overrides) -> SegmentationModule:
+        """The module of a run config: what train.py composes, or what a checkpoint stores.
+
+        Args:
+            cfg: the run config (model, loss, optimizer, scheduler, task, and the top-level
+                ``tta_hflip`` and ``scheduler_monitor``).
+            loss_cfg: the loss config with ``weights: auto`` resolved to numbers (default: ``cfg.loss``).
+            pretrained: False builds the encoder without pretrained weights (a checkpoint holds them all),
+                so loading a checkpoint never touches the network.
+            overrides: constructor arguments that win over the config (e.g. ``tta_hflip``).
+        """
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg))
+        loss_cfg = cfg.loss if loss_cfg is None else OmegaConf.create(loss_cfg)
+        if not pretrained and "encoder_weights" in cfg.model.net:
+            cfg.model.net.encoder_weights = None
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config["loss"] = OmegaConf.to_container(loss_cfg, resolve=True)
+        kwargs = dict(
+            net=hydra.utils.instantiate(cfg.model.net),
+            loss=hydra.utils.instantiate(loss_cfg),
+            optimizer=hydra.utils.instantiate(cfg.optimizer),
+            scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+            class_names=list(cfg.task.class_names),
+            aux_weight=cfg.model.get("aux_weight", 0.0),
+            scheduler_monitor=cfg.get("scheduler_monitor", "val/loss"),
+            tta_hflip=cfg.get("tta_hflip", False),
+            config=config,
+        )
+        return cls(**{**kwargs, **overrides})
+
     def forward(self, images: torch.Tensor) -> dict:
         return self.net(images)
 
@@ -60,15 +94,9 @@ class SegmentationModule(L.LightningModule):
 
     @torch.no_grad()
     def predict_logits(self, images: torch.Tensor, valid_hw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """Logits for the photos at ``size`` (H, W): crop the padding, then resize. Returns (B, K, H, W) float."""
-        logits = self(images)["out"].float()
-        if self.hparams.tta_hflip:
-            logits = 0.5 * (logits + self(images.flip(-1))["out"].float().flip(-1))
-        vh, vw = (int(v) for v in valid_hw[0])
-        logits = logits[..., :vh, :vw]
-        if tuple(logits.shape[-2:]) != tuple(size):
-            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-        return logits
+        """Logits for photos that share one valid area and label size: the network (and its TTA), then
+        the padding cropped and the rest resized to ``size`` (H, W). Returns (B, K, H, W) float."""
+        return crop_and_resize(network_logits(self.net, images, self.hparams.tta_hflip), valid_hw[0], size)
 
     def _eval_step(self, batch: dict, metrics: SegmentationMetrics, stage: str) -> None:
         mask = batch["mask"]  # (B, H, W) at the label's native size

@@ -61,22 +61,6 @@ def instantiate_dict(cfg: DictConfig | None, group: str = "callbacks") -> list:
     return [hydra.utils.instantiate(node) for node in cfg.values() if node is not None]
 
 
-def build_module(cfg: DictConfig, loss_cfg: DictConfig) -> SegmentationModule:
-    """The LightningModule of a run config; ``loss_cfg`` has its weights resolved to numbers."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config["loss"] = OmegaConf.to_container(loss_cfg, resolve=True)
-    return SegmentationModule(
-        net=hydra.utils.instantiate(cfg.model.net),
-        loss=hydra.utils.instantiate(loss_cfg),
-        optimizer=hydra.utils.instantiate(cfg.optimizer),
-        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        class_names=list(cfg.task.class_names),
-        aux_weight=cfg.model.get("aux_weight", 0.0),
-        tta_hflip=cfg.get("tta_hflip", False),
-        config=config,
-    )
-
-
 def command_line_overrides() -> list[Override]:
     """The command line's overrides, parsed by Hydra's own grammar (empty outside a Hydra run)."""
     if not HydraConfig.initialized():
@@ -196,7 +180,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     assign_run_ids(cfg)
     configure_wandb(cfg)
     loss_cfg = resolve_auto_weights(cfg.loss, datamodule)
-    module = build_module(cfg, loss_cfg)
+    module = SegmentationModule.from_config(cfg, loss_cfg)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")),
         logger=instantiate_dict(cfg.get("logger"), "logger") or False,

@@ -47,7 +47,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from fashionseg.train import build_module, instantiate_dict  # noqa: E402
+from fashionseg.module import SegmentationModule  # noqa: E402
+from fashionseg.train import instantiate_dict  # noqa: E402
 
 VARIANTS = {  # name -> Predictor options
     "eager fp32": dict(channels_last=False, bf16=False),
@@ -127,7 +128,7 @@ def bench_train(args, root: str) -> dict:
     L.seed_everything(0, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")
-    module = build_module(cfg, cfg.loss)
+    module = SegmentationModule.from_config(cfg)
     bare_net = copy.deepcopy(module.net)  # same initial weights
     bf16 = str(cfg.trainer.precision).startswith("bf16")
     ours, bare = [], []

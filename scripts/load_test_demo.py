@@ -63,12 +63,12 @@ def untrained_checkpoint(path: Path) -> Path:
     import torch
     from hydra import compose, initialize_config_dir
 
-    from fashionseg.train import build_module
+    from fashionseg.module import SegmentationModule
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["task=person", "model.net.encoder_weights=null",
                                           f"paths.output_dir={path.parent}"])
-    module = build_module(cfg, cfg.loss)
+    module = SegmentationModule.from_config(cfg)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return path
 

@@ -30,6 +30,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from fashionseg.checkpoint import load_checkpoint  # noqa: E402
 from fashionseg.evaluate import checkpoint_datamodule  # noqa: E402
+from fashionseg.memory import keep_freed_memory  # noqa: E402
 from fashionseg.postprocess.evaluate import evaluate_refinements, load_refinements  # noqa: E402
 
 # Around each refinement's defaults (conf/postprocess/): 1 + 4 + 12 + 6 settings.
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None,
                    help="JSON path (default: tune_refinements.json next to the checkpoint's run)")
     args = p.parse_args(argv)
+    keep_freed_memory()  # a batch job: the CRF's large buffers are reused, not page-faulted in
     grids = parse_grid(args.grid)
 
     module = load_checkpoint(args.ckpt, tta_hflip=args.tta)

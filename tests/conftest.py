@@ -101,11 +101,11 @@ def make_checkpoint(path: Path, data_root: Path, task: str = "person", model: st
     """A checkpoint as train.py writes it (config + weights), of an untrained small network: no training needed."""
     import torch
 
-    from fashionseg.train import build_module
+    from fashionseg.module import SegmentationModule
 
     cfg = compose_cfg("train", [f"model={model}", f"task={task}", *no_weights(model),
                                 *small_overrides(data_root, path.parent)])
-    module = build_module(cfg, cfg.loss)
+    module = SegmentationModule.from_config(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return path

@@ -10,7 +10,10 @@ import torch
 from conftest import ROOT, compose_cfg, small_overrides
 
 from fashionseg.checkpoint import load_checkpoint
-from fashionseg.evaluate import evaluate
+from fashionseg.evaluate import checkpoint_datamodule, evaluate
+from fashionseg.inference import Predictor
+from fashionseg.metrics import scores as metric_scores
+from fashionseg.module import SegmentationModule
 from fashionseg.train import train
 
 # Tiny encoders keep CPU smoke tests fast; the architectures and code paths are the real ones.
@@ -52,6 +55,14 @@ def test_full_run_writes_results_and_eval_reproduces_them(train_cfg, tmp_path, d
                                     "trainer.precision=32-true"])
     scores = evaluate(eval_cfg)["scores"]
     assert scores["miou"] == pytest.approx(results["test"]["miou"], abs=1e-6)
+
+    # The Predictor (predict.py, the demo, export checks) scores the same photos the same.
+    predictor = Predictor.from_checkpoint(results["best_checkpoint"])
+    test_set = checkpoint_datamodule(load_checkpoint(results["best_checkpoint"]), str(data_root)).datasets["test"]
+    photos, labels = zip(*test_set.arrays)
+    confusion = sum(torch.bincount(torch.from_numpy(true.astype(np.int64) * 7 + pred).ravel(), minlength=49)
+                    for pred, true in zip(predictor(list(photos)), labels)).reshape(7, 7)
+    assert metric_scores(confusion, predictor.class_names) == pytest.approx(scores, abs=1e-6)
 
 
 def test_model_learns_the_synthetic_task(train_cfg):
@@ -110,3 +121,17 @@ def test_multirun_two_jobs(data_root, tmp_path):
     assert len(results) == 2
     models = {json.loads(p.read_text())["model"] for p in results}
     assert models == {"u2netp", "deeplabv3plus"}
+
+
+def test_every_module_argument_comes_from_config(train_cfg, tmp_path):
+    cfg = train_cfg("scheduler_monitor=val/miou", "tta_hflip=true", "model.aux_weight=0.5", "task=person")
+    module = SegmentationModule.from_config(cfg)
+    assert module.hparams.scheduler_monitor == "val/miou" and module.hparams.tta_hflip
+    assert module.hparams.aux_weight == 0.5 and module.class_names == ["background", "person"]
+    assert module.configure_optimizers()["lr_scheduler"]["monitor"] == "val/miou"
+    # A checkpoint rebuilds the same module from its stored config, with the same weights.
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    loaded = load_checkpoint(path, tta_hflip=False)
+    assert loaded.hparams.scheduler_monitor == "val/miou" and not loaded.hparams.tta_hflip
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in loaded.state_dict().items())

@@ -12,6 +12,7 @@ from PIL import Image
 
 from fashionseg.figures import confusion_figure
 from fashionseg.io import overlay
+from fashionseg.metrics import labels_from_scores
 
 
 class PredictionImages(L.Callback):
@@ -43,7 +44,7 @@ class PredictionImages(L.Callback):
             item = dataset[i]
             photo, true = dataset.arrays[i]
             logits = module.predict_logits(item["image"][None].to(module.device), item["valid_hw"][None], true.shape)
-            out.append((item["id"], photo, logits.argmax(1)[0].cpu().numpy().astype(np.uint8), true))
+            out.append((item["id"], photo, labels_from_scores(logits)[0].cpu().numpy().astype(np.uint8), true))
         module.train(was_training)
         return out
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import lightning as L
 
+from fashionseg.memory import keep_freed_memory
 from fashionseg.postprocess.evaluate import evaluate_refinements, load_refinements, refinement_table
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class RefinementReport(L.Callback):
     def on_test_end(self, trainer: L.Trainer, module) -> None:
         if not trainer.is_global_zero or trainer.datamodule is None:
             return
+        keep_freed_memory()  # a batch job at the end of training: reuse the CRF's large buffers
         refinements = load_refinements(self.methods, self.params)
         report = evaluate_refinements(module, trainer.datamodule.datasets["test"], refinements, self.batch_size,
                                       trainer.precision_plugin.test_step_context)

@@ -35,8 +35,6 @@ class SmpSegmenter(nn.Module):
         **kwargs: passed on to the smp model (e.g. ``encoder_output_stride``).
     """
 
-    size_multiple = 32
-
     def __init__(self, arch: str, encoder_name: str, num_classes: int, encoder_weights: str | None = None, **kwargs):
         super().__init__()
         if not hasattr(smp, arch):
@@ -63,7 +61,6 @@ class SmpSegmenter(nn.Module):
         if local:
             load_encoder_weights(self.model.encoder, local, encoder_name)
         self.normalize = Normalize(*encoder_stats(encoder_name))
-        self.arch, self.encoder_name = arch, encoder_name
 
     def forward(self, x: torch.Tensor) -> dict:
         return {"out": self.model(self.normalize(x)), "aux": []}

@@ -87,7 +87,6 @@ class U2Net(nn.Module):
     Returns from ``forward``: ``{"out": fused logits (B, K, H, W), "aux": [six side logits (B, K, H, W)]}``.
     """
 
-    size_multiple = 32  # five 2x poolings between the six encoder stages
 
     def __init__(self, num_classes: int, variant: str = "u2net", in_channels: int = 3):
         super().__init__()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from fashionseg.metrics import scores
+from fashionseg.metrics import SegmentationMetrics, scores
 from fashionseg.postprocess.base import Refinement
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "postprocess"
@@ -33,10 +33,6 @@ def load_refinements(names: Sequence[str], overrides: Mapping | None = None) -> 
     return out
 
 
-def confusion(pred: np.ndarray, true: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(true.astype(np.int64).ravel() * k + pred.ravel(), minlength=k * k).reshape(k, k)
-
-
 @torch.no_grad()
 def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement], batch_size: int = 8,
                          precision_context=None) -> dict:
@@ -51,7 +47,7 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
     """
     names = list(module.class_names)
     k = len(names)
-    cms = {name: np.zeros((k, k), np.int64) for name in refinements}
+    metrics = {name: SegmentationMetrics(k) for name in refinements}
     seconds, timed = dict.fromkeys(refinements, 0.0), 0
     network_s, device = 0.0, module.device
     module.eval()
@@ -81,9 +77,11 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
                 preds = [refine(photo, p) for photo, p in zip(photos, probs)]
             seconds[name] += time.perf_counter() - t if timing else 0.0
             for pred, true in zip(preds, labels):
-                cms[name] += confusion(np.asarray(pred), true, k)
+                pred = torch.as_tensor(np.asarray(pred), dtype=torch.int64)
+                metrics[name].update(pred, torch.from_numpy(true).long())
     n = len(dataset)
-    report = {name: {**scores(torch.from_numpy(cms[name]), names), "ms_per_image": 1000 * seconds[name] / timed,
+    cms = {name: metric.compute() for name, metric in metrics.items()}
+    report = {name: {**scores(cms[name], names), "ms_per_image": 1000 * seconds[name] / timed,
                      "confusion": cms[name].tolist()} for name in refinements}
     report["network_ms_per_image"] = 1000 * network_s / n
     return report

@@ -32,7 +32,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from fashionseg.memory import keep_freed_memory
 from fashionseg.metrics import labels_from_scores
 
 
@@ -240,8 +239,6 @@ class TorchDenseCRF:
         """Q (B * H * W, K) with its rows in the order ``order`` of the pixels (row r = pixel order[r]);
         with ``labels``, instead of Q the arg-max labels (B * H * W,) uint8 (the last softmax is skipped)."""
         device = self.device or probs.device
-        if device.type == "cpu":
-            keep_freed_memory()  # large tensors come and go every iteration: reuse, do not page-fault them in
         images, probs = images.to(device), probs.to(device).float()
         b, k, h, w = probs.shape
         n = h * w
