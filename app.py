@@ -1,16 +1,9 @@
-"""Web demo: `python app.py checkpoints.person=<file.ckpt>` and open http://127.0.0.1:7860 (see conf/app.yaml)."""
+"""Web demo: `python app.py checkpoints.person=<file.ckpt>`, then open http://127.0.0.1:7860.
 
-import hydra
-from omegaconf import DictConfig
+The same as the console script `fashionseg-demo` (see fashionseg/cli.py).
+"""
 
-from fashionseg.app import serve
-from fashionseg.cli import run
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="app")
-def main(cfg: DictConfig) -> None:
-    run(serve, cfg)
-
+from fashionseg.cli import demo_main
 
 if __name__ == "__main__":
-    main()
+    demo_main()

@@ -1,16 +1,9 @@
-"""Evaluate a checkpoint: `python eval.py ckpt_path=outputs/.../checkpoints/last.ckpt` (see conf/eval.yaml)."""
+"""Evaluate a checkpoint: `python eval.py ckpt_path=outputs/.../checkpoints/last.ckpt` (fashionseg/conf/eval.yaml).
 
-import hydra
-from omegaconf import DictConfig
+The same as the console script `fashionseg-eval` (see fashionseg/cli.py).
+"""
 
-from fashionseg.cli import run
-from fashionseg.evaluate import evaluate
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    run(evaluate, cfg)
-
+from fashionseg.cli import eval_main
 
 if __name__ == "__main__":
-    main()
+    eval_main()

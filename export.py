@@ -1,15 +1,9 @@
-"""Export a checkpoint: `python export.py ckpt_path=<file.ckpt> format=onnx` (see conf/export.yaml)."""
+"""Export a checkpoint: `python export.py ckpt_path=<file.ckpt> format=onnx` (fashionseg/conf/export.yaml).
 
-import hydra
-from omegaconf import DictConfig
+The same as the console script `fashionseg-export` (see fashionseg/cli.py).
+"""
 
-from fashionseg.export import export
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="export")
-def main(cfg: DictConfig) -> None:
-    export(cfg)
-
+from fashionseg.cli import export_main
 
 if __name__ == "__main__":
-    main()
+    export_main()

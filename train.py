@@ -1,16 +1,9 @@
-"""Train a segmentation model: `python train.py model=deeplabv3plus task=fashion` (see conf/train.yaml)."""
+"""Train a segmentation model: `python train.py model=deeplabv3plus task=fashion` (fashionseg/conf/train.yaml).
 
-import hydra
-from omegaconf import DictConfig
+The same as the console script `fashionseg-train` (see fashionseg/cli.py).
+"""
 
-from fashionseg.cli import run
-from fashionseg.train import train
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    return run(lambda c: train(c)[0], cfg)  # the metric a sweeper optimises
-
+from fashionseg.cli import train_main
 
 if __name__ == "__main__":
-    main()
+    train_main()

@@ -1,5 +1,7 @@
-"""What the entry points share: the run directory checked before Hydra writes to it, and one clean
-message for a user error (bad data, config or input) instead of two tracebacks."""
+"""The entry points: `fashionseg-train`, `-eval`, `-predict`, `-export`, `-demo` (console scripts of
+`pip install .`), which `python train.py` etc. at the repo root call too. Their configs ship inside
+the package (fashionseg/conf). What they share: the run directory checked before Hydra writes to
+it, and one clean message for a user error (bad data, config or input) instead of two tracebacks."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -51,3 +54,45 @@ def run(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     except Exception as e:
         log.error("Job failed: %s: %s", type(e).__name__, e)
         raise
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def train_main(cfg: DictConfig) -> float | None:
+    """Train: `fashionseg-train model=deeplabv3plus task=fashion` (conf/train.yaml). Returns the metric a
+    sweeper optimises."""
+    from fashionseg.train import train
+
+    return run(lambda c: train(c)[0], cfg)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def eval_main(cfg: DictConfig) -> None:
+    """Score a checkpoint: `fashionseg-eval ckpt_path=<file.ckpt> [postprocess=[none,crf]]` (conf/eval.yaml)."""
+    from fashionseg.evaluate import evaluate
+
+    run(evaluate, cfg)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def predict_main(cfg: DictConfig) -> None:
+    """Label photos: `fashionseg-predict ckpt_path=<file.ckpt> input=<photo or folder> output=<folder>`
+    (conf/predict.yaml). Exit status 1 when any photo could not be read."""
+    from fashionseg.predict import predict_job
+
+    run(predict_job, cfg)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+def export_main(cfg: DictConfig) -> None:
+    """Export a checkpoint: `fashionseg-export ckpt_path=<file.ckpt> format=onnx` (conf/export.yaml)."""
+    from fashionseg.export import export
+
+    run(export, cfg)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="app")
+def demo_main(cfg: DictConfig) -> None:
+    """The web demo: `fashionseg-demo checkpoints.person=<file.ckpt>`, then http://127.0.0.1:7860 (conf/app.yaml)."""
+    from fashionseg.app import serve
+
+    run(serve, cfg)

@@ -1,13 +1,41 @@
-"""Checks on a composed config, run before any data is read or any file is written."""
+"""Composing the package's configs outside the entry points, and checks on a composed config, run
+before any data is read or any file is written."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fashionseg import ConfigError
+
+
+def compose_config(config_name: str = "train", overrides: Sequence[str] = (),
+                   return_hydra_config: bool = False) -> DictConfig:
+    """Compose one of the package's configs (fashionseg/conf) as an entry point would.
+
+    For tests, benchmarks and library code (e.g. the refinement configs). Inside a running entry point
+    it uses that run's Hydra (whose search path has these configs); elsewhere it initialises Hydra
+    from the package for the call. ``return_hydra_config``: keep the ``hydra`` node and make it the
+    current Hydra runtime config (overrides, group choices), as code running inside a job sees it.
+    """
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    with initialize_config_module("fashionseg.conf", version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+        if return_hydra_config:
+            HydraConfig().set_config(cfg)
+    return cfg
+
+
+def default_data_dir() -> str:
+    """Where the data set is when no root is given: ``paths.data_dir`` ($FASHIONSEG_DATA, else data/...)."""
+    return str(compose_config("train").paths.data_dir)
 
 
 def _loss_weight_lists(node) -> list:

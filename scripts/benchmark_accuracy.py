@@ -27,24 +27,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from omegaconf import OmegaConf
+
+from fashionseg.config import compose_config
+from fashionseg.figures import confusion_figure
+from fashionseg.metrics import scores
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from fashionseg.figures import confusion_figure  # noqa: E402
-from fashionseg.metrics import scores  # noqa: E402
 
 EVAL_ONLY = {"tta_hflip", "task_name", "tags", "test", "optimized_metric"}  # keys that do not change training
 DEFAULT_RECIPES = ["fast_person", "fast_person_trainval", "best_person", "best_fashion"]
 
 
 def recipe_config(recipe: str, overrides: list[str]) -> dict:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={recipe}", *overrides])
-    return OmegaConf.to_container(cfg, resolve=False)
+    return OmegaConf.to_container(compose_config("train", [f"experiment={recipe}", *overrides]), resolve=False)
 
 
 def training_key(cfg: dict) -> str:

@@ -5,7 +5,7 @@
 
 Unaries are the model's softmax probabilities on the first --images photos of the test split, at
 their native 600x400. Parameters: 5 iterations, Gaussian sxy=3 compat=3, bilateral sxy=80
-srgb=13 compat=10 (conf/postprocess/crf.yaml). Timing covers the CRF alone (unaries given), as
+srgb=13 compat=10 (fashionseg/conf/postprocess/crf.yaml). Timing covers the CRF alone (unaries given), as
 ms per image for a batch of --batch photos: pydensecrf2 one photo after another, ours the whole
 batch at once, with torch.compile (compiled during the agreement pass, before timing) and eagerly;
 median of --repeats runs, the backends alternating. Agreement: the share of pixels where ours and
@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from fashionseg.checkpoint import load_checkpoint
+from fashionseg.config import compose_config, default_data_dir
+from fashionseg.evaluate import checkpoint_datamodule
+from fashionseg.memory import keep_freed_memory
+from fashionseg.metrics import SegmentationMetrics, scores
+from fashionseg.postprocess import DenseCRF
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from fashionseg.checkpoint import load_checkpoint  # noqa: E402
-from fashionseg.evaluate import checkpoint_datamodule  # noqa: E402
-from fashionseg.memory import keep_freed_memory  # noqa: E402
-from fashionseg.metrics import SegmentationMetrics, scores  # noqa: E402
-from fashionseg.postprocess import DenseCRF  # noqa: E402
 
 
 def test_photos(ckpt: str, root: str, n: int):
@@ -61,8 +59,7 @@ def miou(preds: np.ndarray, labels: np.ndarray, k: int) -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, help="a train.py checkpoint (fashion: 7 classes)")
-    p.add_argument("--data",
-                   default=os.environ.get("FASHIONSEG_DATA", str(ROOT.parent / "shared/data/fashionista-csc420")))
+    p.add_argument("--data", default=None, help="data set root (default: paths.data_dir)")
     p.add_argument("--images", type=int, default=8, help="test photos (agreement is measured on all of them)")
     p.add_argument("--batch", type=int, default=8, help="photos per timed batch")
     p.add_argument("--repeats", type=int, default=3)
@@ -71,9 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=str(ROOT / "outputs/benchmarks/crf.json"))
     args = p.parse_args(argv)
     keep_freed_memory()  # a batch job: the CRF's large buffers are reused, not page-faulted in
-    photos, labels, probs, names = test_photos(args.ckpt, args.data, args.images)
+    photos, labels, probs, names = test_photos(args.ckpt, args.data or default_data_dir(), args.images)
     k = len(names)
-    params = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/postprocess/crf.yaml")["crf"])
+    params = OmegaConf.to_container(compose_config("eval", ["postprocess=[crf]"]).postprocess.crf)
     params.pop("_target_")
     params.pop("backend", None)
     params.pop("compile", None)

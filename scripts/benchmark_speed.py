@@ -35,20 +35,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import hydra
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from fashionseg.config import compose_config, default_data_dir
+from fashionseg.module import SegmentationModule
+from fashionseg.train import instantiate_dict
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import hydra  # noqa: E402
-import lightning as L  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from fashionseg.module import SegmentationModule  # noqa: E402
-from fashionseg.train import instantiate_dict  # noqa: E402
 
 VARIANTS = {  # name -> Predictor options
     "eager fp32": dict(channels_last=False, bf16=False),
@@ -61,12 +60,11 @@ VARIANTS = {  # name -> Predictor options
 
 def compose_cfg(overrides: list[str]):
     out_dir = Path(tempfile.gettempdir()) / "fashionseg-benchmark"  # no Hydra run dir outside train.py
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"paths.output_dir={out_dir}", *overrides])
+    return compose_config("train", [f"paths.output_dir={out_dir}", *overrides])
 
 
 def data_root(args) -> str:
-    root = args.data or os.environ.get("FASHIONSEG_DATA") or str(ROOT.parent / "shared/data/fashionista-csc420")
+    root = args.data or default_data_dir()
     if not Path(root).is_dir():
         sys.exit(f"Data set not found at {root}: pass --data or set FASHIONSEG_DATA (see README).")
     return root
@@ -279,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default="train,data,infer", help="comma-separated: train, data, infer")
-    p.add_argument("--data", help="data set root (default: $FASHIONSEG_DATA or ../shared/data/fashionista-csc420)")
+    p.add_argument("--data", help="data set root (default: paths.data_dir: $FASHIONSEG_DATA or data/...)")
     p.add_argument("--model", default="deeplabv3plus", help="model config for the training comparison")
     p.add_argument("--size", type=int, nargs=2, default=[320, 224], metavar=("H", "W"), help="training input size")
     p.add_argument("--batch", type=int, default=4)

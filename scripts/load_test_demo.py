@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+
 HOST = "127.0.0.1"  # the only address this script talks to
 KINDS = ["good", "not_image", "pixels_36mp", "good", "body_length", "no_file", "good", "body_chunked", "good_24mp"]
 EXPECTED = {"good": 200, "good_24mp": 200, "pixels_36mp": 413, "body_length": 413, "body_chunked": 413,
@@ -61,13 +62,11 @@ def jpeg(h: int, w: int, seed: int = 0) -> bytes:
 def untrained_checkpoint(path: Path) -> Path:
     """A person checkpoint of the default model (DeepLabv3+), untrained: what the demo loads, minus training."""
     import torch
-    from hydra import compose, initialize_config_dir
 
+    from fashionseg.config import compose_config
     from fashionseg.module import SegmentationModule
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["task=person", "model.net.encoder_weights=null",
-                                          f"paths.output_dir={path.parent}"])
+    cfg = compose_config("train", ["task=person", "model.net.encoder_weights=null", f"paths.output_dir={path.parent}"])
     module = SegmentationModule.from_config(cfg)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return path

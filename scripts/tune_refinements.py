@@ -17,21 +17,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+import yaml
+from omegaconf import OmegaConf
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from fashionseg.checkpoint import load_checkpoint  # noqa: E402
-from fashionseg.evaluate import checkpoint_datamodule  # noqa: E402
-from fashionseg.memory import keep_freed_memory  # noqa: E402
-from fashionseg.postprocess.evaluate import evaluate_refinements, load_refinements  # noqa: E402
+from fashionseg.checkpoint import load_checkpoint
+from fashionseg.config import default_data_dir
+from fashionseg.evaluate import checkpoint_datamodule
+from fashionseg.memory import keep_freed_memory
+from fashionseg.postprocess.evaluate import evaluate_refinements, load_refinements
 
 # Around each refinement's defaults (conf/postprocess/): 1 + 4 + 12 + 6 settings.
 GRIDS = {
@@ -68,8 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--data",
-                   default=os.environ.get("FASHIONSEG_DATA", str(ROOT.parent / "shared/data/fashionista-csc420")))
+    p.add_argument("--data", default=None, help="data set root (default: paths.data_dir)")
     p.add_argument("--tta", action="store_true",
                    help="horizontal-flip test-time augmentation (as eval.py tta_hflip=true)")
     p.add_argument("--refinements", nargs="+", default=["none", "cleanup", "crf", "superpixel"])
@@ -83,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     module = load_checkpoint(args.ckpt, tta_hflip=args.tta)
     cfg = OmegaConf.create(module.hparams.config)
-    dataset = checkpoint_datamodule(module, args.data, limit=None).datasets["val"]
+    dataset = checkpoint_datamodule(module, args.data or default_data_dir(), limit=None).datasets["val"]
     variants, chosen_from = {}, {}
     for name in args.refinements:
         if name not in grids:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
+from fashionseg.config import compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
+CONF = str(ROOT / "fashionseg" / "conf")
 VOC = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128] + [0] * (768 - 21)
 # Distinct colours for the 7 clothes classes, so that a model can learn the synthetic task quickly.
 COLOURS = np.array([[40, 90, 40], [230, 180, 150], [60, 30, 20], [200, 30, 30], [20, 20, 20], [30, 30, 160],
@@ -74,14 +76,21 @@ def small_overrides(data_root: Path, out_dir: Path) -> list[str]:
 
 
 def compose_cfg(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
-    """Compose a config from conf/ as the entry point would, with Hydra's runtime config set."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
-        HydraConfig().set_config(cfg)
+    """Compose a config as the entry point would, with Hydra's runtime config set (overrides, choices);
+    the run directory comes from paths.output_dir in tests."""
+    cfg = compose_config(config_name, overrides or [], return_hydra_config=True)
     with open_dict(cfg):
-        del cfg.hydra  # the run directory comes from paths.output_dir in tests
+        del cfg.hydra
     return cfg
+
+
+def load_script(name: str) -> ModuleType:
+    """A module of scripts/ (scripts are files, not a package), imported from its file."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def no_weights(model: str) -> list[str]:

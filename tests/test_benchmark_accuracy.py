@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
-from tests.conftest import ROOT
+from tests.conftest import load_script
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import benchmark_accuracy  # noqa: E402
+benchmark_accuracy = load_script("benchmark_accuracy")
 
 
 def test_recipes_sharing_a_network_train_once_and_refinements_add_rows(data_root, tmp_path):

@@ -1,9 +1,11 @@
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import hydra
 import pytest
+import yaml
 from conftest import CONF, ROOT, compose_cfg
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
@@ -81,13 +83,11 @@ def test_impossible_values_fail_fast(override, message):
 
 
 def test_optuna_search_composes_and_searches_real_keys():
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", ["hparams_search=optuna", "paths.output_dir=/tmp/x"], return_hydra_config=True)
+    from fashionseg.config import compose_config
+
+    cfg = compose_config("train", ["hparams_search=optuna", "paths.output_dir=/tmp/x"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert cfg.hydra.mode.name == "MULTIRUN"
@@ -115,3 +115,23 @@ def test_make_browser_never_calls_sudo(tmp_path):
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "browser test will be skipped" in proc.stdout and not (tmp_path / "sudo-called").exists()
+
+
+def test_console_script_composes_from_any_directory(tmp_path):
+    """`pip install .` gives fashionseg-train; the configs ship inside the package, so no checkout is needed."""
+    script = Path(sys.executable).parent / "fashionseg-train"
+    assert script.exists(), "console scripts missing: reinstall the package (pip install -e . or make install)"
+    proc = subprocess.run([str(script), "task=person", "model=u2netp", "--cfg", "job"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    job = yaml.safe_load(proc.stdout)
+    assert job["model"]["name"] == "u2netp" and job["task"]["name"] == "person"
+    assert not list(tmp_path.iterdir()), "--cfg job writes nothing"
+
+
+def test_root_entry_point_logs_to_its_own_file(data_root, tmp_path):
+    """`python train.py` at the repo root is the same entry point; its log is still <run dir>/train.log."""
+    proc = subprocess.run([sys.executable, "train.py", f"data.root={tmp_path / 'nothing'}",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Data set not found" in proc.stdout + proc.stderr
+    assert "Data set not found" in (tmp_path / "run" / "train.log").read_text()

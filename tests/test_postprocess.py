@@ -165,11 +165,10 @@ def test_eval_and_test_end_callback_report_refinements_side_by_side(train_cfg, t
 
 def test_tune_refinements_picks_the_best_validation_setting(person_ckpt, data_root, tmp_path):
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import tune_refinements
+    from tests.conftest import load_script
+
+    tune_refinements = load_script("tune_refinements")
 
     out = tmp_path / "tune.json"
     result = tune_refinements.main(["--ckpt", str(person_ckpt), "--data", str(data_root), "--refinements", "none",

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT, small_overrides
+from tests.conftest import ROOT, load_script, small_overrides
 
-sys.path.insert(0, str(ROOT / "scripts"))
-from summarize_runs import summarize  # noqa: E402
+summarize = load_script("summarize_runs").summarize
 
 
 def run_train(args: list[str], timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
@@ -174,13 +173,9 @@ def test_wandb_mode_choice(env, offline, monkeypatch, tmp_path, caplog):
 
 
 def test_slurm_launcher_config_composes():
-    from hydra import compose, initialize_config_dir
+    from fashionseg.config import compose_config
 
-    from tests.conftest import CONF
-
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                      return_hydra_config=True)
+    cfg = compose_config("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu" and launcher.gpus_per_node == 1
 

@@ -5,31 +5,35 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from importlib import resources
 
 import hydra
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from fashionseg.config import compose_config
 from fashionseg.metrics import SegmentationMetrics, scores
 from fashionseg.postprocess.base import Refinement
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "postprocess"
-
 
 def load_refinements(names: Sequence[str], overrides: Mapping | None = None) -> dict[str, Refinement]:
-    """Instantiate conf/postprocess/<name>.yaml for each name, with optional per-name parameter overrides."""
+    """Instantiate the ``postprocess`` config of each name (fashionseg/conf/postprocess/<name>.yaml, composed
+    by Hydra), with optional per-name parameter overrides, e.g. ``{"crf": {"bilateral_sxy": 40}}``."""
+    if not names:
+        return {}
+    valid = sorted(p.name.removesuffix(".yaml") for p in resources.files("fashionseg.conf").joinpath("postprocess")
+                   .iterdir() if p.name.endswith(".yaml"))
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise ValueError(f"Unknown refinement {unknown[0]!r}; valid: {valid}.")
+    cfg = compose_config("eval", [f"postprocess=[{','.join(dict.fromkeys(names))}]"])
     out = {}
     for name in names:
-        path = CONF / f"{name}.yaml"
-        if not path.exists():
-            valid = sorted(p.stem for p in CONF.glob("*.yaml"))
-            raise ValueError(f"Unknown refinement {name!r}; valid: {valid}.")
-        cfg = OmegaConf.load(path)[name]  # each file nests its config under its own name
+        node = cfg.postprocess[name]  # each file nests its config under its own name
         if overrides and name in overrides:
-            cfg = OmegaConf.merge(cfg, overrides[name])
-        out[name] = hydra.utils.instantiate(cfg)
+            node = OmegaConf.merge(node, overrides[name])
+        out[name] = hydra.utils.instantiate(node)
     return out
 
 
