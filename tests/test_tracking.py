@@ -86,22 +86,7 @@ def test_wandb_offline_run_has_config_history_and_masks(train_cfg, tmp_path, mon
     assert masks, "mask PNGs of the validation panel"
 
 
-def test_sweep_with_a_failing_job_and_summary(data_root, tmp_path):
-    sweep = tmp_path / "sweep"
-    # The second job names an encoder that does not exist: it fails, the first one's results stay.
-    proc = run_train(["-m", *sweep_overrides(data_root, tmp_path), f"hydra.sweep.dir={sweep}",
-                      "model.net.encoder_name=tu-tf_efficientnet_lite0,no_such_encoder"])
-    assert proc.returncode != 0 and "no_such_encoder" in proc.stderr
-    assert (sweep / "0" / "results.json").exists() and not (sweep / "1" / "results.json").exists()
-    summary = summarize(sweep)
-    states = [j["state"] for j in summary["jobs"]]
-    assert states == ["done", "failed"], summary["table"]
-    assert summary["swept"] == ["model.net.encoder_name"]
-    for name in ("summary.txt", "summary.csv", "summary.png"):
-        assert (sweep / name).stat().st_size > 0
-
-
-def test_failed_sweep_job_closes_its_wandb_run_and_the_next_job_gets_its_own(data_root, tmp_path):
+def test_sweep_with_a_failing_job_its_own_wandb_runs_and_summary(data_root, tmp_path):
     sweep = tmp_path / "sweep"
     # Job 0's loss turns NaN at its third step, after W&B started; job 1 trains normally.
     proc = run_train(["-m", *sweep_overrides(data_root, tmp_path), f"hydra.sweep.dir={sweep}", "logger=wandb",
@@ -119,17 +104,13 @@ def test_failed_sweep_job_closes_its_wandb_run_and_the_next_job_gets_its_own(dat
     assert runs["1"][0].name.endswith(run_id)
     exits = {job: [r.exit.exit_code for r in records[job] if r.HasField("exit")] for job in records}
     assert exits == {"0": [1], "1": [0]}, exits
-
-
-def test_two_job_sweep_summary_sorted(data_root, tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = run_train(["-m", *sweep_overrides(data_root, tmp_path), f"hydra.sweep.dir={sweep}",
-                      "optimizer.lr=0.003,0.0001"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The failed job's results never appear; the summary lists it last, with its error.
+    assert not (sweep / "0" / "results.json").exists() and (sweep / "1" / "results.json").exists()
     summary = summarize(sweep)
-    vals = [j["val_miou"] for j in summary["jobs"]]
-    assert len(vals) == 2 and vals == sorted(vals, reverse=True)
-    assert "optimizer.lr" in summary["table"].splitlines()[0]
+    assert [j["state"] for j in summary["jobs"]] == ["done", "failed"], summary["table"]
+    assert "The run was stopped" in summary["jobs"][1]["error"] and summary["swept"] == ["loss.steps"]
+    for name in ("summary.txt", "summary.csv", "summary.png"):
+        assert (sweep / name).stat().st_size > 0
 
 
 def test_optuna_two_trials(data_root, tmp_path):

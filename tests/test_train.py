@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, compose_cfg, small_overrides
+from conftest import ROOT, compose_cfg, load_script, small_overrides
 
 from fashionseg.checkpoint import load_checkpoint
 from fashionseg.evaluate import checkpoint_datamodule, evaluate
@@ -121,6 +121,11 @@ def test_multirun_two_jobs(data_root, tmp_path):
     assert len(results) == 2
     models = {json.loads(p.read_text())["model"] for p in results}
     assert models == {"u2netp", "deeplabv3plus"}
+    # scripts/summarize_runs.py: one row per job, best validation mIoU first, the swept group as a column.
+    summary = load_script("summarize_runs").summarize(sweep)
+    vals = [j["val_miou"] for j in summary["jobs"]]
+    assert len(vals) == 2 and vals == sorted(vals, reverse=True)
+    assert "model" in summary["table"].splitlines()[0].split()
 
 
 def test_every_module_argument_comes_from_config(train_cfg, tmp_path):
