@@ -14,6 +14,7 @@ from fashionseg import DataError
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 FORMATS = "JPEG, PNG, BMP, TIFF, WebP or GIF"
 EMPTY = "{name} is empty (0 bytes); give a JPEG or PNG photo."
+VOID_COLOUR = (224, 224, 224)  # label values beyond the classes (the ignore label) in overlays
 
 
 class ImageTooLargeError(DataError):
@@ -99,12 +100,16 @@ def label_image(label: np.ndarray, palette: np.ndarray) -> Image.Image:
 
 def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray, class_names: Sequence[str],
             opacity: float = 0.5, legend: bool = True) -> Image.Image:
-    """The photo with class colours blended in (background left as is), and a legend of the classes present."""
+    """The photo with class colours blended in (background left as is), and a legend of the classes present.
+    Label values beyond the palette (the ignore label of a ground-truth map) are drawn light grey."""
     if image.shape[:2] != label.shape:
         raise ValueError(f"Photo size {image.shape[:2]} and label size {label.shape} differ.")
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must lie in [0, 1], got {opacity}.")
-    colours = palette[label].astype(np.float32)
+    palette = np.asarray(palette)
+    void = label >= len(palette)  # e.g. the ignore label of a ground-truth map: drawn in VOID_COLOUR
+    colours = palette[np.where(void, 0, label)].astype(np.float32)
+    colours[void] = VOID_COLOUR
     blend = image.astype(np.float32)
     fg = label > 0
     blend[fg] = (1 - opacity) * blend[fg] + opacity * colours[fg]

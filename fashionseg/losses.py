@@ -3,7 +3,8 @@
 Cross-entropy (optionally class-weighted), and Dice, focal and Lovasz from
 segmentation_models_pytorch; ``Combined`` sums weighted terms. Deep supervision
 (U2-Net's multi-output fusion loss) is applied by the LightningModule, which adds
-``aux_weight`` x the same loss of every side output.
+``aux_weight`` x the same loss of every side output. Every loss takes ``ignore_index``
+(the task's, from config): pixels with that label count for nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class CrossEntropy(nn.Module):
             ``median_frequency_weights`` before construction (train.py's ``resolve_auto_weights`` does this).
     """
 
-    def __init__(self, weights: Sequence[float] | None = None, ignore_index: int = -100):
+    def __init__(self, weights: Sequence[float] | None = None, ignore_index: int | None = None):
         super().__init__()
         if isinstance(weights, str):
             raise ConfigError(f"loss.weights={weights!r} must be resolved to numbers first "
@@ -35,7 +36,7 @@ class CrossEntropy(nn.Module):
         if weights is not None and any(w < 0 for w in weights):
             raise ConfigError(f"loss.weights must be non-negative, got {list(weights)}.")
         self.register_buffer("weight", None if weights is None else torch.tensor(list(weights), dtype=torch.float32))
-        self.ignore_index = ignore_index
+        self.ignore_index = -100 if ignore_index is None else ignore_index  # -100: PyTorch's "none"
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.weight is not None and self.weight.numel() != logits.shape[1]:
@@ -49,24 +50,24 @@ class CrossEntropy(nn.Module):
 class Dice(smp_losses.DiceLoss):
     """Soft Dice over classes (smp), from logits."""
 
-    def __init__(self, smooth: float = 0.0, eps: float = 1e-7):
-        super().__init__(mode="multiclass", from_logits=True, smooth=smooth, eps=eps)
+    def __init__(self, smooth: float = 0.0, eps: float = 1e-7, ignore_index: int | None = None):
+        super().__init__(mode="multiclass", from_logits=True, smooth=smooth, eps=eps, ignore_index=ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return super().forward(logits.float(), target)
 
 
 class Focal(smp_losses.FocalLoss):
-    def __init__(self, gamma: float = 2.0):
-        super().__init__(mode="multiclass", gamma=gamma)
+    def __init__(self, gamma: float = 2.0, ignore_index: int | None = None):
+        super().__init__(mode="multiclass", gamma=gamma, ignore_index=ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return super().forward(logits.float(), target)
 
 
 class Lovasz(smp_losses.LovaszLoss):
-    def __init__(self, per_image: bool = False):
-        super().__init__(mode="multiclass", per_image=per_image, from_logits=True)
+    def __init__(self, per_image: bool = False, ignore_index: int | None = None):
+        super().__init__(mode="multiclass", per_image=per_image, from_logits=True, ignore_index=ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return super().forward(logits.float(), target)

@@ -9,10 +9,12 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 
 class SegmentationMetrics(MulticlassConfusionMatrix):
-    """Confusion matrix (rows = ground truth, columns = prediction) summed over every pixel of a split."""
+    """Confusion matrix (rows = ground truth, columns = prediction) summed over every pixel of a split;
+    pixels labelled ``ignore_index`` are left out."""
 
-    def __init__(self, num_classes: int, **kwargs):
-        super().__init__(num_classes=num_classes, normalize=None, validate_args=False, **kwargs)
+    def __init__(self, num_classes: int, ignore_index: int | None = None, **kwargs):
+        super().__init__(num_classes=num_classes, ignore_index=ignore_index, normalize=None, validate_args=False,
+                         **kwargs)
 
 
 def labels_from_scores(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:

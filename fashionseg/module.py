@@ -27,19 +27,21 @@ class SegmentationModule(L.LightningModule):
         aux_weight: weight of each side output's loss (U2-Net's fusion loss: 1.0; 0 ignores them).
         scheduler_monitor: metric a plateau scheduler watches.
         tta_hflip: at evaluation, average logits of the photo and its mirror image.
+        ignore_index: label value of pixels left out of the metrics (the loss takes its own).
         config: the run's resolved configuration, stored in every checkpoint.
     """
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None,
                  class_names: Sequence[str], aux_weight: float = 0.0, scheduler_monitor: str = "val/loss",
-                 tta_hflip: bool = False, config: dict | None = None):
+                 tta_hflip: bool = False, config: dict | None = None, ignore_index: int | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(class_names)
         k = len(self.class_names)
-        self.val_metrics, self.test_metrics = SegmentationMetrics(k), SegmentationMetrics(k)
+        self.val_metrics = SegmentationMetrics(k, ignore_index=ignore_index)
+        self.test_metrics = SegmentationMetrics(k, ignore_index=ignore_index)
         self.val_miou_best = MaxMetric()
         self.val_miou_best.persistent(True)  # part of the checkpoint: a resumed run keeps its best
         self.test_scores: dict[str, float] = {}
@@ -58,8 +60,11 @@ class SegmentationModule(L.LightningModule):
                 so loading a checkpoint never touches the network.
             overrides: constructor arguments that win over the config (e.g. ``tta_hflip``).
         """
-        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg))
-        loss_cfg = cfg.loss if loss_cfg is None else OmegaConf.create(loss_cfg)
+        def plain(node):  # resolved in its own config (a loss node interpolates ${task...}), then detached
+            return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+        cfg = OmegaConf.create(plain(cfg))
+        loss_cfg = cfg.loss if loss_cfg is None else OmegaConf.create(plain(loss_cfg))
         if not pretrained and "encoder_weights" in cfg.model.net:
             cfg.model.net.encoder_weights = None
         config = OmegaConf.to_container(cfg, resolve=True)
@@ -73,6 +78,7 @@ class SegmentationModule(L.LightningModule):
             aux_weight=cfg.model.get("aux_weight", 0.0),
             scheduler_monitor=cfg.get("scheduler_monitor", "val/loss"),
             tta_hflip=cfg.get("tta_hflip", False),
+            ignore_index=cfg.task.get("ignore_index"),
             config=config,
         )
         return cls(**{**kwargs, **overrides})

@@ -50,8 +50,9 @@ def test_photos(ckpt: str, root: str, n: int):
     return np.stack(photos), np.stack(labels), np.stack(probs).astype(np.float32), list(module.class_names)
 
 
-def miou(preds: np.ndarray, labels: np.ndarray, k: int) -> float:
-    metric = SegmentationMetrics(k)
+def miou(preds: np.ndarray, labels: np.ndarray, k: int, ignore_index: int | None = 255) -> float:
+    """Mean IoU of label maps; pixels labelled ``ignore_index`` (the tasks' void label) are not scored."""
+    metric = SegmentationMetrics(k, ignore_index=ignore_index)
     metric.update(torch.from_numpy(preds).long(), torch.from_numpy(labels).long())
     return scores(metric.compute(), [str(c) for c in range(k)])["miou"]
 

@@ -125,3 +125,55 @@ def test_empty_split(data_root):
 def test_image_size_not_multiple_of_32(data_root):
     with pytest.raises(ConfigError, match=r"image_size=\[100, 64\] is not divisible by 32.*\[128,64\]"):
         datamodule(data_root, image_size=[100, 64])
+
+
+# ------------------------------------------------------------------------------ the ignore label
+
+def paint_void_bands(root, suffix="clothes", value=255):
+    """Horizontal bands of ``value`` across every label map; returns the number of void pixels per id."""
+    void = {}
+    for path in sorted((root / "labels").glob(f"*_{suffix}.png")):
+        label = np.array(Image.open(path))
+        label[10:14] = value
+        label[40:41] = value
+        write_palette_png(path, label)
+        void[path.name.split("_")[0]] = int((label == value).sum())
+    return void
+
+
+def test_void_label_is_allowed_and_other_values_still_name_the_file(copy_root):
+    paint_void_bands(copy_root)
+    dm = datamodule(copy_root, ignore_index=255)
+    dm.setup()
+    assert any((lab == 255).any() for _, lab in dm.datasets["train"].arrays)
+    label = np.array(Image.open(copy_root / "labels" / "0004_clothes.png"))
+    label[0, 0] = 254
+    write_palette_png(copy_root / "labels" / "0004_clothes.png", label)
+    with pytest.raises(DataError, match=r"0004_clothes.png has values \[254\] outside the task.s 7 classes "
+                                        r"\(0..6\) or 255 \(ignored\)"):
+        datamodule(copy_root, ignore_index=255).setup()
+    with pytest.raises(DataError, match=r"has values \[255\]"):  # without an ignore label, 255 is an error
+        datamodule(copy_root, ignore_index=None).setup()
+
+
+def test_padding_and_augmentation_label_new_pixels_void():
+    from fashionseg.data.transforms import TrainTransform
+
+    image, label = np.full((90, 60, 3), 100, np.uint8), np.ones((90, 60), np.uint8)
+    padded = TrainTransform(None, 32, {"hflip": 0}, ignore_index=255)(image, label)["mask"]
+    assert padded.shape == (96, 64) and (padded[90:] == 255).all() and (padded[:, 60:] == 255).all()
+    assert (padded[:90, :60] == 1).all()
+    shifted = TrainTransform([96, 64], 32, {"hflip": 0, "scale": [0.5, 0.5]}, ignore_index=255)
+    shifted.pipeline.transforms[1].p = 1.0  # always zoom out: the border comes from outside the photo
+    mask = shifted(image, label)["mask"]
+    assert set(mask.unique().tolist()) == {1, 255}
+    # Without an ignore label the new pixels are background, as before.
+    assert set(TrainTransform(None, 32, {"hflip": 0})(image, label)["mask"].unique().tolist()) == {0, 1}
+
+
+def test_class_frequencies_leave_void_pixels_out(copy_root):
+    paint_void_bands(copy_root)
+    dm = datamodule(copy_root, ignore_index=255)
+    freq = dm.class_frequencies()
+    counts = sum(np.bincount(lab[lab != 255].ravel(), minlength=7) for _, lab in dm.datasets["train"].arrays)
+    assert freq == pytest.approx(counts / counts.sum())

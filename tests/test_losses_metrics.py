@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fashionseg import ConfigError
-from fashionseg.losses import Combined, CrossEntropy, Dice, median_frequency_weights
+from fashionseg.losses import Combined, CrossEntropy, Dice, Focal, Lovasz, median_frequency_weights
 from fashionseg.metrics import SegmentationMetrics, labels_from_scores, scores
 
 
@@ -84,3 +84,74 @@ def test_labels_from_scores_is_argmax_with_first_class_on_ties(k):
     assert torch.equal(labels_from_scores(logits[0], dim=0), logits[0].argmax(0))
     tie = torch.zeros(k, 2, 2)
     assert (labels_from_scores(tie, dim=0) == 0).all()
+
+
+# ------------------------------------------------------------------------------ the ignore label
+
+VOID = 255
+
+
+def void_example(k: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits (1, K, 2, 3) and a target with two void pixels; also the mask of the scored pixels."""
+    logits = torch.randn(1, k, 2, 3, generator=torch.Generator().manual_seed(seed))
+    target = torch.tensor([[[0, 1, VOID], [2, VOID, 1]]])
+    return logits, target, target != VOID
+
+
+def scored_only(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor):
+    """The same pixels without the void ones, as a (1, K, 1, N) image."""
+    return logits.permute(0, 2, 3, 1)[keep].T[None, :, None, :], target[keep][None, None, :]
+
+
+def test_cross_entropy_with_void_pixels_by_hand():
+    logits, target, keep = void_example()
+    log_p = logits.log_softmax(1)[0]  # (K, H, W)
+    pixels = [(i, j) for i in range(2) for j in range(3) if keep[0, i, j]]
+    expected = -sum(log_p[target[0, i, j], i, j] for i, j in pixels) / len(pixels)
+    assert CrossEntropy(ignore_index=VOID)(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    w = torch.tensor([1.0, 2.0, 4.0])
+    expected_w = -sum(w[target[0, i, j]] * log_p[target[0, i, j], i, j] for i, j in pixels) / sum(
+        w[target[0, i, j]] for i, j in pixels)
+    got = CrossEntropy(weights=w.tolist(), ignore_index=VOID)(logits, target).item()
+    assert got == pytest.approx(expected_w.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CrossEntropy(ignore_index=VOID), lambda: CrossEntropy(weights=[1, 2, 4], ignore_index=VOID),
+    lambda: Dice(ignore_index=VOID), lambda: Focal(ignore_index=VOID), lambda: Lovasz(ignore_index=VOID),
+    lambda: Combined([CrossEntropy(ignore_index=VOID), Dice(ignore_index=VOID)]),
+], ids=["ce", "wce", "dice", "focal", "lovasz", "ce_dice"])
+def test_every_loss_leaves_void_pixels_out(make):
+    loss = make()
+    logits, target, keep = void_example()
+    value = loss(logits, target)
+    # The same as the loss of the scored pixels alone, whatever the network says on the void ones.
+    assert value.item() == pytest.approx(loss(*scored_only(logits, target, keep)).item(), rel=1e-5, abs=1e-6)
+    changed = logits.clone()
+    changed[:, :, ~keep[0]] = torch.randn(3, int((~keep).sum())) * 10
+    assert loss(changed, target).item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6)
+
+
+def test_u2net_fusion_loss_leaves_void_pixels_out():
+    from fashionseg.module import SegmentationModule
+
+    module = SegmentationModule(torch.nn.Identity(), CrossEntropy(ignore_index=VOID), None, None, ["a", "b", "c"],
+                                aux_weight=1.0, ignore_index=VOID)
+    logits, target, keep = void_example()
+    aux = [void_example(seed=s)[0] for s in (1, 2)]
+    expected = sum(CrossEntropy()(*scored_only(x, target, keep)) for x in (logits, *aux))
+    assert module.compute_loss({"out": logits, "aux": aux}, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_confusion_matrix_leaves_void_pixels_out_by_hand():
+    pred = torch.tensor([[[0, 1, 1], [2, 0, 2]]])
+    _, target, _ = void_example()  # [[0, 1, void], [2, void, 1]]
+    metric = SegmentationMetrics(3, ignore_index=VOID)
+    metric.update(pred, target)
+    expected = torch.tensor([[1, 0, 0],    # true 0: predicted 0
+                             [0, 1, 1],    # true 1: predicted 1, and 2
+                             [0, 0, 1]])   # true 2: predicted 2
+    assert torch.equal(metric.compute(), expected)
+    s = scores(metric.compute(), ["a", "b", "c"])
+    assert s["pixel_acc"] == pytest.approx(3 / 4) and s["iou_b"] == pytest.approx(1 / 2)
+    assert s["iou_c"] == pytest.approx(1 / 2) and s["miou"] == pytest.approx((1 + 0.5 + 0.5) / 3)

@@ -109,3 +109,12 @@ def test_zero_byte_file_and_upload_get_the_same_message(tmp_path):
     with pytest.raises(DataError) as from_upload:
         read_photo(b"", name="zero.jpg")
     assert str(from_file.value) == str(from_upload.value) == "zero.jpg is empty (0 bytes); give a JPEG or PNG photo."
+
+
+def test_overlay_draws_void_ground_truth_in_grey():
+    from fashionseg.io import VOID_COLOUR, overlay
+
+    photo = np.zeros((4, 4, 3), np.uint8)
+    label = np.array([[0, 1, 255, 255]] * 4, np.uint8)  # a ground-truth map with the ignore label
+    out = np.asarray(overlay(photo, label, np.array([[0, 0, 0], [200, 0, 0]]), ["background", "a"], 1.0, False))
+    assert (out[:, 2:] == VOID_COLOUR).all() and (out[:, 1] == [200, 0, 0]).all() and (out[:, 0] == 0).all()

@@ -1,5 +1,7 @@
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +142,24 @@ def test_every_module_argument_comes_from_config(train_cfg, tmp_path):
     loaded = load_checkpoint(path, tta_hflip=False)
     assert loaded.hparams.scheduler_monitor == "val/miou" and not loaded.hparams.tta_hflip
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def void_root(tmp_path_factory, data_root):
+    """The synthetic set with horizontal bands of the ignore label (255) across every clothes map."""
+    from test_data import paint_void_bands
+
+    root = tmp_path_factory.mktemp("void")
+    shutil.copytree(data_root, root, dirs_exist_ok=True)
+    return root, paint_void_bands(root)
+
+
+@pytest.mark.parametrize("loss", ["ce", "wce", "dice", "focal", "lovasz", "ce_dice", "ce_lovasz"])
+def test_every_loss_trains_on_void_pixels_and_scores_only_the_rest(train_cfg, void_root, loss):
+    root, void = void_root
+    cfg = train_cfg(f"data.root={root}", f"loss={loss}", "debug=fast_dev_run", model="u2netp")
+    _, results = train(cfg)
+    assert math.isfinite(results["test"]["miou"])
+    # fast_dev_run tests the first batch of the test split: its pixels, less the void ones, each once.
+    batch = results["split"]["test"][: cfg.data.eval_batch_size]
+    assert sum(map(sum, results["test_confusion"])) == len(batch) * 96 * 64 - sum(void[i] for i in batch)

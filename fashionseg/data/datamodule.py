@@ -26,7 +26,9 @@ class FashionDataModule(L.LightningDataModule):
     Args:
         root: folder with ``images/`` and ``labels/``.
         label: which label file the task reads (``person`` or ``clothes``).
-        num_classes: classes of the task; label values must lie below it.
+        num_classes: classes of the task; label values must lie below it, or be ``ignore_index``.
+        ignore_index: the label value of pixels that are neither learned nor scored ("void"), also
+            given to padding and to pixels that augmentation brings in; None: no such value.
         image_size: network input (H, W), or None to pad the native size to ``size_multiple``.
         size_multiple: what the network's input sides must be divisible by.
         split: train/val/test fractions; ``seed`` fixes the permutation.
@@ -37,7 +39,8 @@ class FashionDataModule(L.LightningDataModule):
     def __init__(self, root: str, label: str, num_classes: int, image_size: Sequence[int] | None = (384, 256),
                  size_multiple: int = 32, split: Sequence[float] = (0.5, 0.1, 0.4), seed: int = 42,
                  batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 0,
-                 augment: dict | None = None, limit: int | None = None, pin_memory: bool = False):
+                 augment: dict | None = None, limit: int | None = None, pin_memory: bool = False,
+                 ignore_index: int | None = 255):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
@@ -48,7 +51,8 @@ class FashionDataModule(L.LightningDataModule):
         self.num_workers, self.pin_memory, self.limit = num_workers, pin_memory, limit
         self.augment = dict(augment or {})
         # Build the transforms now so that a bad size or augmentation fails before any file is read.
-        self.train_transform = TrainTransform(self.image_size, size_multiple, self.augment)
+        self.ignore_index = ignore_index
+        self.train_transform = TrainTransform(self.image_size, size_multiple, self.augment, ignore_index)
         self.eval_transform = EvalTransform(self.image_size, size_multiple)
         self.ids: dict[str, list[str]] = {}
         self.datasets: dict[str, SegmentationDataset] = {}
@@ -66,14 +70,14 @@ class FashionDataModule(L.LightningDataModule):
                     f"The {name} split is empty: {len(samples)} images split by {self.split}. "
                     "Use more images (data.limit) or larger fractions (data.split)."
                 )
-        arrays = load_all(samples, self.num_classes)  # raises once, listing every bad file
+        arrays = load_all(samples, self.num_classes, self.ignore_index)  # raises once, listing every bad file
         for name, idx in zip(SUBSETS, parts):
             transform = self.train_transform if name == "train" else self.eval_transform
             self.ids[name] = [samples[i].id for i in idx]
             self.datasets[name] = SegmentationDataset(self.ids[name], [arrays[i] for i in idx], transform, self.seed)
 
     def class_frequencies(self) -> np.ndarray:
-        """Pixel share of each class over the training split's label maps, shape (K,)."""
+        """Pixel share of each class over the training split's label maps, shape (K,); ignored pixels left out."""
         self.setup("fit")
         counts = np.zeros(self.num_classes, dtype=np.int64)
         for _, label in self.datasets["train"].arrays:

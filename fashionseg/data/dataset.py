@@ -82,8 +82,8 @@ def read_image(path: Path) -> np.ndarray:
         raise DataError(f"Cannot read image {path}: {e}. Replace or delete the file.") from e
 
 
-def read_label(path: Path, num_classes: int) -> np.ndarray:
-    """Decode a label PNG as class indices (H, W) uint8 and check every value is a class."""
+def read_label(path: Path, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """Decode a label PNG as class indices (H, W) uint8 and check every value is a class or ``ignore_index``."""
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L"):
@@ -95,19 +95,21 @@ def read_label(path: Path, num_classes: int) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"Cannot read label {path}: {e}. Replace or delete the file.") from e
     if label.max(initial=0) >= num_classes:
-        bad = sorted(int(v) for v in np.unique(label) if v >= num_classes)
-        raise DataError(
-            f"Label {path} has values {bad} outside the task's {num_classes} classes (0..{num_classes - 1}). "
-            "Check that the task matches the label file (task=person reads *_person.png, "
-            "task=fashion reads *_clothes.png) or fix the label map."
-        )
+        bad = sorted(int(v) for v in np.unique(label) if v >= num_classes and v != ignore_index)
+        if bad:
+            void = f" or {ignore_index} (ignored)" if ignore_index is not None else ""
+            raise DataError(
+                f"Label {path} has values {bad} outside the task's {num_classes} classes (0..{num_classes - 1})"
+                f"{void}. Check that the task matches the label file (task=person reads *_person.png, "
+                "task=fashion reads *_clothes.png) or fix the label map."
+            )
     return label
 
 
-def load_sample(sample: Sample, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def load_sample(sample: Sample, num_classes: int, ignore_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode and cross-check one sample: image (H, W, 3) and label (H, W) of the same size."""
     image = read_image(sample.image)
-    label = read_label(sample.label, num_classes)
+    label = read_label(sample.label, num_classes, ignore_index)
     if image.shape[:2] != label.shape:
         raise DataError(
             f"Image {sample.image} is {image.shape[1]}x{image.shape[0]} (WxH) but its label {sample.label} is "
@@ -116,12 +118,13 @@ def load_sample(sample: Sample, num_classes: int) -> tuple[np.ndarray, np.ndarra
     return image, label
 
 
-def load_all(samples: Sequence[Sample], num_classes: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_all(samples: Sequence[Sample], num_classes: int,
+             ignore_index: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Decode every sample once, collecting all problems into a single error."""
     decoded, problems = [], []
     for sample in samples:
         try:
-            decoded.append(load_sample(sample, num_classes))
+            decoded.append(load_sample(sample, num_classes, ignore_index))
         except DataError as e:
             problems.append(str(e))
     if problems:

@@ -17,12 +17,15 @@ import torch
 from fashionseg import ConfigError
 
 
-def fit_transform(size: Sequence[int] | None, multiple: int) -> A.BasicTransform:
-    """Resize to ``size`` (H, W), or with ``size=None`` pad bottom/right up to a multiple of ``multiple``."""
+def fit_transform(size: Sequence[int] | None, multiple: int, ignore_index: int | None = None) -> A.BasicTransform:
+    """Resize to ``size`` (H, W), or with ``size=None`` pad bottom/right up to a multiple of ``multiple``.
+
+    Padded label pixels get ``ignore_index`` (not learned, not scored), or background without one.
+    """
     if size is None:
         return A.PadIfNeeded(
             min_height=None, min_width=None, pad_height_divisor=multiple, pad_width_divisor=multiple,
-            position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0,
+            position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=_fill(ignore_index),
         )
     h, w = (int(s) for s in size)
     if h % multiple or w % multiple:
@@ -35,15 +38,17 @@ def fit_transform(size: Sequence[int] | None, multiple: int) -> A.BasicTransform
 
 
 def augmentations(hflip: float = 0.5, scale: Sequence[float] | None = None, translate: float = 0.0,
-                  rotate: float = 0.0, color_jitter: float = 0.0) -> list[A.BasicTransform]:
-    """Training augmentations chosen by config switches (0 / null turns one off)."""
+                  rotate: float = 0.0, color_jitter: float = 0.0, ignore_index: int | None = None
+                  ) -> list[A.BasicTransform]:
+    """Training augmentations chosen by config switches (0 / null turns one off). Label pixels that a
+    shift, zoom-out or rotation brings in from outside the photo get ``ignore_index``."""
     ops: list[A.BasicTransform] = []
     if hflip:
         ops.append(A.HorizontalFlip(p=hflip))
     if scale or translate or rotate:
         ops.append(A.Affine(
             scale=tuple(scale) if scale else 1.0, translate_percent=(-translate, translate), rotate=(-rotate, rotate),
-            keep_ratio=True, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.8,
+            keep_ratio=True, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=_fill(ignore_index), p=0.8,
         ))
     if color_jitter:
         ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
@@ -52,10 +57,12 @@ def augmentations(hflip: float = 0.5, scale: Sequence[float] | None = None, tran
 
 
 class TrainTransform:
-    """Fit, then augment; label warped with the image (nearest neighbour)."""
+    """Fit, then augment; label warped with the image (nearest neighbour), new pixels ``ignore_index``."""
 
-    def __init__(self, size: Sequence[int] | None, multiple: int, augment: dict | None = None):
-        self.pipeline = A.Compose([fit_transform(size, multiple), *augmentations(**(augment or {}))])
+    def __init__(self, size: Sequence[int] | None, multiple: int, augment: dict | None = None,
+                 ignore_index: int | None = None):
+        self.pipeline = A.Compose([fit_transform(size, multiple, ignore_index),
+                                   *augmentations(**(augment or {}), ignore_index=ignore_index)])
 
     def reseed(self, seed: int) -> None:
         self.pipeline.set_random_seed(seed)
@@ -84,6 +91,10 @@ class EvalTransform:
         if label is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(label)).long()
         return item
+
+
+def _fill(ignore_index: int | None) -> int:
+    return 0 if ignore_index is None else ignore_index
 
 
 def _to_chw(image: np.ndarray) -> torch.Tensor:

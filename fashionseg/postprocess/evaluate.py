@@ -51,7 +51,8 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
     """
     names = list(module.class_names)
     k = len(names)
-    metrics = {name: SegmentationMetrics(k) for name in refinements}
+    ignore_index = module.hparams.get("ignore_index")  # void pixels are scored by no refinement either
+    metrics = {name: SegmentationMetrics(k, ignore_index=ignore_index) for name in refinements}
     seconds, timed = dict.fromkeys(refinements, 0.0), 0
     network_s, device = 0.0, module.device
     module.eval()
