@@ -13,8 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 from fashionseg import ConfigError
 from fashionseg.checkpoint import load_checkpoint
 from fashionseg.config import check_writable
+from fashionseg.data.datamodule import ALL, SUBSETS
 from fashionseg.memory import keep_freed_memory
 from fashionseg.postprocess.evaluate import evaluate_refinements, refinement_table
+
+SPLITS = (ALL, *SUBSETS)
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +45,16 @@ def evaluate(cfg: DictConfig) -> dict:
             f"Checkpoint {cfg.ckpt_path} was trained for task={train_cfg.task.name}, not task={asked}; "
             f"run eval.py with task={train_cfg.task.name} (or leave task out)."
         )
-    if cfg.split not in ("train", "val", "test"):
-        raise ConfigError(f"split={cfg.split!r} is not one of train, val, test.")
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split!r} is not one of {', '.join(SPLITS)} (all: every photo of the set).")
     datamodule = checkpoint_datamodule(module, cfg.data.root, eval_batch_size=cfg.data.batch_size,
                                        num_workers=cfg.data.num_workers, limit=cfg.data.limit)
-    loader = {"train": datamodule._loader("train", shuffle=False), "val": datamodule.val_dataloader(),
-              "test": datamodule.test_dataloader()}[cfg.split]
+    if not len(datamodule.datasets[cfg.split]):
+        raise ConfigError(
+            f"The {cfg.split} split of {cfg.data.root} is empty ({len(datamodule.datasets[ALL])} photos split by "
+            f"{list(datamodule.split)}); score the whole set with split=all."
+        )
+    loader = datamodule._loader(cfg.split, shuffle=False)
     if cfg.split == "train":  # score training images as they are, not augmented
         loader.dataset.transform = datamodule.eval_transform
 

@@ -137,7 +137,7 @@ def paint_void_bands(root, suffix="clothes", value=255):
         label[10:14] = value
         label[40:41] = value
         write_palette_png(path, label)
-        void[path.name.split("_")[0]] = int((label == value).sum())
+        void[path.name.removesuffix(f"_{suffix}.png")] = int((label == value).sum())
     return void
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import ROOT, compose_cfg, load_script, small_overrides
 
+from fashionseg import ConfigError
 from fashionseg.checkpoint import load_checkpoint
 from fashionseg.evaluate import checkpoint_datamodule, evaluate
 from fashionseg.inference import Predictor
@@ -163,3 +164,29 @@ def test_every_loss_trains_on_void_pixels_and_scores_only_the_rest(train_cfg, vo
     # fast_dev_run tests the first batch of the test split: its pixels, less the void ones, each once.
     batch = results["split"]["test"][: cfg.data.eval_batch_size]
     assert sum(map(sum, results["test_confusion"])) == len(batch) * 96 * 64 - sum(void[i] for i in batch)
+
+
+def test_eval_scores_a_whole_foreign_set_and_leaves_void_pixels_out(fashion_ckpt, data_root, tmp_path):
+    from test_data import paint_void_bands
+
+    # 12 photos of the set under other ids, with bands of the ignore label across the clothes maps.
+    root = tmp_path / "foreign"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i, image in enumerate(sorted((data_root / "images").glob("*.jpg"))[:12]):
+        new_id = f"street_{i:02d}"
+        shutil.copy(image, root / "images" / f"{new_id}.jpg")
+        shutil.copy(data_root / "labels" / f"{image.stem}_clothes.png", root / "labels" / f"{new_id}_clothes.png")
+    void = paint_void_bands(root)
+    out = tmp_path / "eval"
+    cfg = compose_cfg("eval", [f"ckpt_path={fashion_ckpt}", f"data.root={root}", "split=all",
+                               f"paths.output_dir={out}", "trainer.precision=32-true", "postprocess=[none,cleanup]"])
+    evaluate(cfg)
+    written = json.loads((out / "eval_results.json").read_text())
+    assert written["images"] == 12 and written["split"] == "all"
+    non_void = 12 * 96 * 64 - sum(void.values())
+    assert sum(map(sum, written["confusion"])) == non_void
+    assert all(sum(map(sum, written["refinements"][m]["confusion"])) == non_void for m in ("none", "cleanup"))
+    with pytest.raises(ConfigError, match="split=.*nope.* is not one of all, train, val, test"):
+        evaluate(compose_cfg("eval", [f"ckpt_path={fashion_ckpt}", f"data.root={root}", "split=nope",
+                                      f"paths.output_dir={out}"]))

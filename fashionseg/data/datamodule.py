@@ -18,6 +18,7 @@ from fashionseg.data.split import split_indices
 from fashionseg.data.transforms import EvalTransform, TrainTransform
 
 SUBSETS = ("train", "val", "test")
+ALL = "all"  # every photo of the set, split or not: for scoring a set as a whole (eval.py split=all)
 
 
 class FashionDataModule(L.LightningDataModule):
@@ -58,6 +59,11 @@ class FashionDataModule(L.LightningDataModule):
         self.datasets: dict[str, SegmentationDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
+        """Decode every photo once and split them; ``datasets`` then holds train, val, test and ``all``.
+
+        Training (stage ``fit``) needs every split with a positive fraction to hold photos; scoring
+        (stage ``test``/``validate``) does not, so that a small set can be scored whole.
+        """
         if self.datasets:  # decoded once, whatever the stage
             return
         samples = scan_dataset(self.root, self.label)
@@ -65,7 +71,7 @@ class FashionDataModule(L.LightningDataModule):
             samples = samples[: self.limit]
         parts = split_indices(len(samples), self.split, self.seed)
         for name, idx in zip(SUBSETS, parts):
-            if not idx and self.split[SUBSETS.index(name)] > 0:
+            if not idx and self.split[SUBSETS.index(name)] > 0 and stage in (None, "fit"):
                 raise ConfigError(
                     f"The {name} split is empty: {len(samples)} images split by {self.split}. "
                     "Use more images (data.limit) or larger fractions (data.split)."
@@ -75,6 +81,7 @@ class FashionDataModule(L.LightningDataModule):
             transform = self.train_transform if name == "train" else self.eval_transform
             self.ids[name] = [samples[i].id for i in idx]
             self.datasets[name] = SegmentationDataset(self.ids[name], [arrays[i] for i in idx], transform, self.seed)
+        self.datasets[ALL] = SegmentationDataset([s.id for s in samples], arrays, self.eval_transform, self.seed)
 
     def class_frequencies(self) -> np.ndarray:
         """Pixel share of each class over the training split's label maps, shape (K,); ignored pixels left out."""
