@@ -1,10 +1,11 @@
 import json
 import shutil
 
+import hydra
 import numpy as np
 import pytest
 import torch
-from conftest import write_dataset, write_palette_png
+from conftest import compose_cfg, write_dataset, write_palette_png
 from PIL import Image
 
 from fashionseg import ConfigError, DataError
@@ -75,8 +76,10 @@ def test_class_frequencies_from_training_split(data_root):
 
 
 def test_missing_data_dir_says_how_to_get_it(tmp_path):
+    # The help comes from the set's config (conf/data/fashionista.yaml), not from shared code.
+    cfg = compose_cfg("train", [f"data.root={tmp_path / 'nowhere'}", f"paths.output_dir={tmp_path}"])
     with pytest.raises(DataError, match=r"(?s)Data set not found.*download_data.py.*FASHIONSEG_DATA"):
-        datamodule(tmp_path / "nowhere").setup()
+        hydra.utils.instantiate(cfg.data).setup()
 
 
 def test_missing_label(copy_root):

@@ -1,7 +1,14 @@
+import hashlib
+import os
+from pathlib import Path
+
+import hydra
+import pytest
 import torch
+from conftest import ROOT, compose_cfg
 from torch.utils.data import random_split
 
-from fashionseg.data import split_indices
+from fashionseg.data import scan_dataset, split_indices
 
 
 def test_reference_split_sizes_and_determinism():
@@ -36,3 +43,19 @@ def test_split_leaves_global_rng_untouched():
     torch.manual_seed(0)
     split_indices(600, (0.5, 0.1, 0.4), seed=42)
     assert torch.equal(torch.rand(1), a)
+
+
+REAL = Path(os.environ.get("FASHIONSEG_DATA") or ROOT.parent / "shared" / "data" / "fashionista-csc420")
+
+
+@pytest.mark.skipif(not (REAL / "images").is_dir(), reason=f"the Fashionista set is not at {REAL}")
+def test_the_fashionista_config_draws_the_reference_split():
+    """conf/data/fashionista.yaml (file patterns, fractions, seed) gives the same 300/60/240 photos as
+    before data sets became config: the test ids are pinned by their digest."""
+    dm = hydra.utils.instantiate(compose_cfg("train", [f"data.root={REAL}", "paths.output_dir=/tmp/x"]).data)
+    samples = scan_dataset(REAL, dm.images_pattern, dm.labels_pattern)
+    train, val, test = ([samples[i].id for i in part] for part in dm._split(samples))
+    assert (len(train), len(val), len(test)) == (300, 60, 240)
+    assert test[:5] == ["0003", "0004", "0008", "0010", "0018"]
+    assert hashlib.sha256(",".join(test).encode()).hexdigest()[:16] == "9f8f00fca67f3d9d"
+    assert hashlib.sha256(",".join(val).encode()).hexdigest()[:16] == "7896e14568ab874c"

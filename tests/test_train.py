@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, compose_cfg, load_script, small_overrides
+from conftest import ROOT, compose_cfg, load_script, small_overrides, write_palette_png
+from PIL import Image
 
-from fashionseg import ConfigError
+from fashionseg import ConfigError, DataError
 from fashionseg.checkpoint import load_checkpoint
 from fashionseg.evaluate import checkpoint_datamodule, evaluate
 from fashionseg.inference import Predictor
@@ -146,24 +148,54 @@ def test_every_module_argument_comes_from_config(train_cfg, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def void_root(tmp_path_factory, data_root):
-    """The synthetic set with horizontal bands of the ignore label (255) across every clothes map."""
+def own_numbering_root(tmp_path_factory, data_root):
+    """The synthetic set with labels numbered its own way (class c is 10 c + 3) and bands of 200, its
+    "void", across every clothes map. Returns (root, void pixels per id)."""
     from test_data import paint_void_bands
 
-    root = tmp_path_factory.mktemp("void")
+    root = tmp_path_factory.mktemp("own_numbering")
     shutil.copytree(data_root, root, dirs_exist_ok=True)
-    return root, paint_void_bands(root)
+    for path in (root / "labels").glob("*_clothes.png"):
+        write_palette_png(path, np.array(Image.open(path)) * 10 + 3)
+    return root, paint_void_bands(root, value=200)
+
+
+OWN_NUMBERING = ["data.label_map={3:0,13:1,23:2,33:3,43:4,53:5,63:6}", "data.unmapped=ignore"]
 
 
 @pytest.mark.parametrize("loss", ["ce", "wce", "dice", "focal", "lovasz", "ce_dice", "ce_lovasz"])
-def test_every_loss_trains_on_void_pixels_and_scores_only_the_rest(train_cfg, void_root, loss):
-    root, void = void_root
-    cfg = train_cfg(f"data.root={root}", f"loss={loss}", "debug=fast_dev_run", model="u2netp")
+def test_a_set_with_its_own_numbering_and_void_trains_with_every_loss(train_cfg, own_numbering_root, loss):
+    root, void = own_numbering_root
+    cfg = train_cfg(f"data.root={root}", *OWN_NUMBERING, f"loss={loss}", "debug=fast_dev_run", model="u2netp")
     _, results = train(cfg)
     assert math.isfinite(results["test"]["miou"])
     # fast_dev_run tests the first batch of the test split: its pixels, less the void ones, each once.
     batch = results["split"]["test"][: cfg.data.eval_batch_size]
     assert sum(map(sum, results["test_confusion"])) == len(batch) * 96 * 64 - sum(void[i] for i in batch)
+
+
+def test_label_map_translates_and_unmapped_values_are_an_error(train_cfg, own_numbering_root, tmp_path):
+    root, _ = own_numbering_root
+    dm = hydra.utils.instantiate(train_cfg(f"data.root={root}", *OWN_NUMBERING).data)
+    dm.setup()
+    label = dm.datasets["all"].arrays[0][1]
+    original = np.array(Image.open(root / "labels" / f"{dm.datasets['all'].ids[0]}_clothes.png"))
+    assert set(np.unique(label)) <= {*range(7), 255} and (label[original == 13] == 1).all()
+    assert (label[original == 200] == 255).all()
+    strict = train_cfg(f"data.root={root}", OWN_NUMBERING[0])  # unmapped: error (the default)
+    with pytest.raises(DataError, match=r"_clothes.png has values \[200\] that data.label_map does not map"):
+        hydra.utils.instantiate(strict.data).setup()
+
+
+def test_fixed_id_lists_split_a_set(train_cfg, data_root):
+    # In a set's yaml: split: {train: ["0001", ...], val: [...], test: [...]}.
+    cfg = train_cfg("~data.split", "+data.split={train:['0001','0002','0003'],val:['0004'],test:['0005','0006']}")
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.setup("fit")
+    assert dm.ids == {"train": ["0001", "0002", "0003"], "val": ["0004"], "test": ["0005", "0006"]}
+    bad = train_cfg("~data.split", "+data.split={train:['0001',nope],val:['0004'],test:['0005']}")
+    with pytest.raises(DataError, match="data.split names 1 id.*nope"):
+        hydra.utils.instantiate(bad.data).setup()
 
 
 def test_eval_scores_a_whole_foreign_set_and_leaves_void_pixels_out(fashion_ckpt, data_root, tmp_path):

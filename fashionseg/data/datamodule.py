@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from fashionseg import ConfigError
-from fashionseg.data.dataset import SegmentationDataset, load_all, scan_dataset
+from fashionseg import ConfigError, DataError
+from fashionseg.data.dataset import LabelMap, Sample, SegmentationDataset, load_all, scan_dataset
 from fashionseg.data.sampler import EpochShuffleSampler
 from fashionseg.data.split import split_indices
 from fashionseg.data.transforms import EvalTransform, TrainTransform
@@ -22,32 +22,50 @@ ALL = "all"  # every photo of the set, split or not: for scoring a set as a whol
 
 
 class FashionDataModule(L.LightningDataModule):
-    """Images + label maps, decoded once into memory, split 50/10/40 under a fixed seed.
+    """A labelled photo set (fashionseg/conf/data/<set>.yaml), decoded once into memory and split.
 
     Args:
-        root: folder with ``images/`` and ``labels/``.
-        label: which label file the task reads (``person`` or ``clothes``).
+        root: the set's folder.
+        label: which kind of label map the task reads (``task.label``, e.g. ``person`` or ``clothes``).
+        images: the photos' file pattern under ``root``; ``{id}`` stands for the photo's id.
+        labels: the label maps' file pattern per kind of label (``{kind: pattern}``), or one pattern.
+        label_map: ``{value in the files: class index}`` when the set numbers its labels its own way.
+        unmapped: what values missing from ``label_map`` become: ``error`` or ``ignore``.
+        help: what to tell a user whose copy of the set is missing (how to get it).
+        name: the set's name.
         num_classes: classes of the task; label values must lie below it, or be ``ignore_index``.
         ignore_index: the label value of pixels that are neither learned nor scored ("void"), also
             given to padding and to pixels that augmentation brings in; None: no such value.
         image_size: network input (H, W), or None to pad the native size to ``size_multiple``.
         size_multiple: what the network's input sides must be divisible by.
-        split: train/val/test fractions; ``seed`` fixes the permutation.
+        split: train/val/test fractions (``seed`` fixes the permutation), or fixed id lists
+            ``{"train": [...], "val": [...], "test": [...]}``.
         augment: switches for ``transforms.augmentations`` (training split only).
         limit: use only the first ``limit`` images (sorted order) — for smoke tests.
     """
 
     def __init__(self, root: str, label: str, num_classes: int, image_size: Sequence[int] | None = (384, 256),
-                 size_multiple: int = 32, split: Sequence[float] = (0.5, 0.1, 0.4), seed: int = 42,
-                 batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 0,
+                 size_multiple: int = 32, split: Sequence[float] | Mapping[str, Sequence] = (0.5, 0.1, 0.4),
+                 seed: int = 42, batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 0,
                  augment: dict | None = None, limit: int | None = None, pin_memory: bool = False,
-                 ignore_index: int | None = 255):
+                 ignore_index: int | None = 255, images: str = "images/{id}.jpg",
+                 labels: Mapping[str, str] | str = "labels/{id}_{label}.png", label_map: Mapping | None = None,
+                 unmapped: str = "error", help: str = "", name: str = "data"):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
-        self.root, self.label, self.num_classes = Path(root), label, num_classes
+        self.root, self.label, self.num_classes, self.name, self.help = Path(root), label, num_classes, name, help
+        if isinstance(labels, str):
+            self.labels_pattern = labels.replace("{label}", label)
+        elif label in labels:
+            self.labels_pattern = labels[label]
+        else:
+            raise ConfigError(f"data.labels has no pattern for task.label={label!r}; it has {sorted(labels)}.")
+        self.images_pattern = images
+        self.label_map = LabelMap(dict(label_map), unmapped, ignore_index) if label_map else None
         self.image_size = list(image_size) if image_size is not None else None
-        self.size_multiple, self.split, self.seed = size_multiple, list(split), seed
+        self.split = {k: [str(i) for i in v] for k, v in split.items()} if isinstance(split, Mapping) else list(split)
+        self.size_multiple, self.seed = size_multiple, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.limit = num_workers, pin_memory, limit
         self.augment = dict(augment or {})
@@ -66,22 +84,38 @@ class FashionDataModule(L.LightningDataModule):
         """
         if self.datasets:  # decoded once, whatever the stage
             return
-        samples = scan_dataset(self.root, self.label)
+        samples = scan_dataset(self.root, self.images_pattern, self.labels_pattern, self.help)
         if self.limit:
             samples = samples[: self.limit]
-        parts = split_indices(len(samples), self.split, self.seed)
+        parts = self._split(samples)
         for name, idx in zip(SUBSETS, parts):
-            if not idx and self.split[SUBSETS.index(name)] > 0 and stage in (None, "fit"):
+            if not idx and isinstance(self.split, list) and self.split[SUBSETS.index(name)] > 0 \
+                    and stage in (None, "fit"):
                 raise ConfigError(
                     f"The {name} split is empty: {len(samples)} images split by {self.split}. "
                     "Use more images (data.limit) or larger fractions (data.split)."
                 )
-        arrays = load_all(samples, self.num_classes, self.ignore_index)  # raises once, listing every bad file
+        # Raises once, listing every bad file.
+        arrays = load_all(samples, self.num_classes, self.ignore_index, self.label_map)
         for name, idx in zip(SUBSETS, parts):
             transform = self.train_transform if name == "train" else self.eval_transform
             self.ids[name] = [samples[i].id for i in idx]
             self.datasets[name] = SegmentationDataset(self.ids[name], [arrays[i] for i in idx], transform, self.seed)
         self.datasets[ALL] = SegmentationDataset([s.id for s in samples], arrays, self.eval_transform, self.seed)
+
+    def _split(self, samples: Sequence[Sample]) -> list[list[int]]:
+        """Indices of the train, val and test photos: fixed id lists, or the seeded fractions."""
+        if isinstance(self.split, list):
+            return split_indices(len(samples), self.split, self.seed)
+        unknown_keys = sorted(set(self.split) - set(SUBSETS))
+        if unknown_keys:
+            raise ConfigError(f"data.split has {unknown_keys}; give id lists for {list(SUBSETS)}.")
+        index = {s.id: i for i, s in enumerate(samples)}
+        unknown = [i for ids in self.split.values() for i in ids if i not in index]
+        if unknown:
+            raise DataError(f"data.split names {len(unknown)} id(s) that {self.root} does not have: "
+                            f"{', '.join(unknown[:10])}. Each id must match {self.images_pattern}.")
+        return [sorted(index[i] for i in self.split.get(name, [])) for name in SUBSETS]
 
     def class_frequencies(self) -> np.ndarray:
         """Pixel share of each class over the training split's label maps, shape (K,); ignored pixels left out."""
@@ -93,7 +127,8 @@ class FashionDataModule(L.LightningDataModule):
 
     def write_split(self, path: str | Path) -> None:
         """Write the image ids of each subset, so that runs compare image for image."""
-        manifest = {"root": str(self.root), "seed": self.seed, "fractions": self.split,
+        fractions = self.split if isinstance(self.split, list) else None  # else fixed id lists
+        manifest = {"root": str(self.root), "seed": self.seed, "fractions": fractions,
                     **{name: self.ids.get(name, []) for name in SUBSETS}}
         Path(path).write_text(json.dumps(manifest, indent=1))
 

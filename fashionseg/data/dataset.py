@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,17 +11,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from fashionseg import DataError
+from fashionseg import ConfigError, DataError
 
-# Which label file each task reads: labels/<id>_<suffix>.png (palette PNG, pixel = class index).
-LABEL_FILES = {"person": "person", "clothes": "clothes"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-DATA_HELP = (
-    "Get the 600-image Fashionista/CSC420 set with `python scripts/download_data.py --out <dir>` "
-    "(or copy a folder holding images/, labels/ and labels.txt), then point the framework at it "
-    "with `data.root=<dir>` or the environment variable FASHIONSEG_DATA=<dir>."
-)
 MAX_LISTED = 10
 
 
@@ -33,32 +25,30 @@ class Sample:
     label: Path
 
 
-def scan_dataset(root: str | Path, label: str) -> list[Sample]:
+def scan_dataset(root: str | Path, images: str = "images/{id}.jpg", labels: str = "labels/{id}_clothes.png",
+                 help: str = "") -> list[Sample]:
     """List the samples under ``root`` in sorted id order, checking that every label file exists.
 
     Args:
-        root: folder holding ``images/`` and ``labels/``.
-        label: which label file to read, a key of ``LABEL_FILES``.
+        root: the data set's folder.
+        images, labels: file patterns relative to ``root``; ``{id}`` stands for the sample id, the same
+            in both (e.g. ``images/{id}.jpg`` and ``labels/{id}_clothes.png``).
+        help: what to tell a user whose data set is missing (how to get it, where to point).
     """
     root = Path(root)
-    if label not in LABEL_FILES:
-        raise DataError(f"Unknown label kind {label!r}; valid: {sorted(LABEL_FILES)}.")
-    images_dir, labels_dir = root / "images", root / "labels"
+    for pattern in (images, labels):
+        if pattern.count("{id}") != 1:
+            raise ConfigError(f"File pattern {pattern!r} must contain {{id}} exactly once, e.g. images/{{id}}.jpg.")
+    images_dir, labels_dir = root / Path(images).parent, root / Path(labels).parent
     if not images_dir.is_dir() or not labels_dir.is_dir():
-        raise DataError(f"Data set not found: {root} has no images/ and labels/ folders. {DATA_HELP}")
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise DataError(f"No images (*.jpg, *.png) in {images_dir}. {DATA_HELP}")
-    suffix = f"_{LABEL_FILES[label]}.png"
-    samples, missing = [], []
-    for image in images:
-        label_path = labels_dir / f"{image.stem}{suffix}"
-        if not label_path.is_file():
-            missing.append(str(label_path))
-        samples.append(Sample(image.stem, image, label_path))
-    stems = {p.stem for p in images}
-    orphans = sorted(str(images_dir / p.name.removesuffix(suffix)) + ".jpg" for p in labels_dir.glob(f"*{suffix}")
-                     if p.name.removesuffix(suffix) not in stems)
+        raise DataError(f"Data set not found: {root} has no {Path(images).parent}/ and {Path(labels).parent}/ "
+                        f"folders. {help}".rstrip())
+    image_ids = _ids(root, images)
+    if not image_ids:
+        raise DataError(f"No images matching {images} in {root}. {help}".rstrip())
+    samples = [Sample(i, root / images.format(id=i), root / labels.format(id=i)) for i in image_ids]
+    missing = [str(s.label) for s in samples if not s.label.is_file()]
+    orphans = [str(root / images.format(id=i)) for i in _ids(root, labels) if i not in set(image_ids)]
     if orphans:
         raise DataError(
             f"{len(orphans)} image(s) missing for label maps in {labels_dir}: {_listing(orphans)}. "
@@ -67,10 +57,18 @@ def scan_dataset(root: str | Path, label: str) -> list[Sample]:
     if missing:
         raise DataError(
             f"{len(missing)} label file(s) missing for images in {images_dir}: "
-            f"{_listing(missing)}. Each images/<id>.jpg needs labels/<id>{suffix}; "
+            f"{_listing(missing)}. Each {images} needs {labels}; "
             "restore the files or remove the images without labels."
         )
     return samples
+
+
+def _ids(root: Path, pattern: str) -> list[str]:
+    """The sorted ids of the files under ``root`` that match ``pattern`` (with ``{id}``)."""
+    head, tail = pattern.split("{id}")
+    regex = re.compile(re.escape(head) + "(.+)" + re.escape(tail) + "$")
+    matches = (regex.match(p.relative_to(root).as_posix()) for p in root.glob(pattern.replace("{id}", "*")))
+    return sorted(m.group(1) for m in matches if m)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -82,8 +80,10 @@ def read_image(path: Path) -> np.ndarray:
         raise DataError(f"Cannot read image {path}: {e}. Replace or delete the file.") from e
 
 
-def read_label(path: Path, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
-    """Decode a label PNG as class indices (H, W) uint8 and check every value is a class or ``ignore_index``."""
+def read_label(path: Path, num_classes: int, ignore_index: int | None = None,
+               label_map: LabelMap | None = None) -> np.ndarray:
+    """Decode a label PNG as class indices (H, W) uint8 and check every value is a class or ``ignore_index``.
+    With ``label_map``, the file's own values are translated to the task's classes first."""
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L"):
@@ -94,6 +94,8 @@ def read_label(path: Path, num_classes: int, ignore_index: int | None = None) ->
             label = np.array(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"Cannot read label {path}: {e}. Replace or delete the file.") from e
+    if label_map is not None:
+        label = label_map(label, path)
     if label.max(initial=0) >= num_classes:
         bad = sorted(int(v) for v in np.unique(label) if v >= num_classes and v != ignore_index)
         if bad:
@@ -106,10 +108,11 @@ def read_label(path: Path, num_classes: int, ignore_index: int | None = None) ->
     return label
 
 
-def load_sample(sample: Sample, num_classes: int, ignore_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_sample(sample: Sample, num_classes: int, ignore_index: int | None = None,
+                label_map: LabelMap | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode and cross-check one sample: image (H, W, 3) and label (H, W) of the same size."""
     image = read_image(sample.image)
-    label = read_label(sample.label, num_classes, ignore_index)
+    label = read_label(sample.label, num_classes, ignore_index, label_map)
     if image.shape[:2] != label.shape:
         raise DataError(
             f"Image {sample.image} is {image.shape[1]}x{image.shape[0]} (WxH) but its label {sample.label} is "
@@ -118,18 +121,50 @@ def load_sample(sample: Sample, num_classes: int, ignore_index: int | None = Non
     return image, label
 
 
-def load_all(samples: Sequence[Sample], num_classes: int,
-             ignore_index: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_all(samples: Sequence[Sample], num_classes: int, ignore_index: int | None = None,
+             label_map: LabelMap | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Decode every sample once, collecting all problems into a single error."""
     decoded, problems = [], []
     for sample in samples:
         try:
-            decoded.append(load_sample(sample, num_classes, ignore_index))
+            decoded.append(load_sample(sample, num_classes, ignore_index, label_map))
         except DataError as e:
             problems.append(str(e))
     if problems:
         raise DataError(f"{len(problems)} bad sample(s): " + " | ".join(problems[:MAX_LISTED]))
     return decoded
+
+
+class LabelMap:
+    """A set's own label values -> the task's class indices (a 256-entry lookup table).
+
+    Args:
+        mapping: ``{value in the files: class index}``; the ignore label may be a target too.
+        unmapped: what a value missing from ``mapping`` becomes: ``ignore`` (the ignore label) or
+            ``error`` (the file is reported).
+        ignore_index: the task's ignore label (needed for ``unmapped: ignore``).
+    """
+
+    def __init__(self, mapping: Mapping[int, int], unmapped: str = "error", ignore_index: int | None = None):
+        if unmapped not in ("error", "ignore"):
+            raise ConfigError(f"data.unmapped={unmapped!r} must be error or ignore.")
+        if unmapped == "ignore" and ignore_index is None:
+            raise ConfigError("data.unmapped=ignore needs an ignore label: set task.ignore_index (e.g. 255).")
+        bad = {k: v for k, v in mapping.items() if not (0 <= int(k) <= 255 and 0 <= int(v) <= 255)}
+        if bad:
+            raise ConfigError(f"data.label_map entries must map 0..255 to 0..255, got {bad}.")
+        self.mapped = np.zeros(256, bool)
+        self.lut = np.full(256, ignore_index if unmapped == "ignore" else 0, np.uint8)
+        for value, target in mapping.items():
+            self.lut[int(value)], self.mapped[int(value)] = int(target), True
+        self.unmapped = unmapped
+
+    def __call__(self, label: np.ndarray, path: Path) -> np.ndarray:
+        if self.unmapped == "error" and not self.mapped[label].all():
+            bad = sorted(int(v) for v in np.unique(label) if not self.mapped[v])
+            raise DataError(f"Label {path} has values {bad} that data.label_map does not map; map them, or set "
+                            "data.unmapped=ignore to leave them unscored.")
+        return self.lut[label]
 
 
 def _listing(items: Sequence[str]) -> str:
