@@ -8,8 +8,8 @@ from fashionseg.losses import CrossEntropy
 class NaNAfterSteps(CrossEntropy):
     """Cross-entropy that turns NaN after ``steps`` training calls (validation calls are not counted)."""
 
-    def __init__(self, steps: int):
-        super().__init__()
+    def __init__(self, steps: int, ignore_index: int | None = 255):
+        super().__init__(ignore_index=ignore_index)  # augmentation borders carry the ignore label
         self.steps, self.calls = steps, 0
 
     def forward(self, logits, target):
