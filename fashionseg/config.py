@@ -88,14 +88,16 @@ def validate(cfg: DictConfig) -> None:
                 f"loss.weights has {len(weights)} values {weights} but task={cfg.task.name} has {k} classes "
                 f"{list(cfg.task.class_names)}; give one weight per class or loss.weights=auto."
             )
-    size, multiple = cfg.data.get("image_size"), cfg.data.size_multiple
-    if size is not None and (len(size) != 2 or any(s <= 0 or s % multiple for s in size)):
-        raise ConfigError(
-            f"data.image_size={list(size)} must be two positive sides (H, W) divisible by {multiple}, which "
-            f"the model needs (e.g. [384,256] or [608,416]); or null to pad the native size."
-        )
-    if cfg.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}.")
+    for key, data in (("data.sets." + n, d) for n, d in cfg.data.sets.items()) if "sets" in cfg.data \
+            else [("data", cfg.data)]:
+        size, multiple = data.get("image_size"), data.size_multiple
+        if size is not None and (len(size) != 2 or any(s <= 0 or s % multiple for s in size)):
+            raise ConfigError(
+                f"{key}.image_size={list(size)} must be two positive sides (H, W) divisible by {multiple}, which "
+                f"the model needs (e.g. [384,256] or [608,416]); or null to pad the native size."
+            )
+        if data.batch_size < 1:
+            raise ConfigError(f"{key}.batch_size must be >= 1, got {data.batch_size}.")
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None and epochs < 1 and epochs != -1:
         raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {epochs}.")

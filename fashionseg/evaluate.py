@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from fashionseg import ConfigError
 from fashionseg.checkpoint import load_checkpoint
 from fashionseg.config import check_writable
+from fashionseg.data import primary_data_config
 from fashionseg.data.datamodule import ALL, SUBSETS
 from fashionseg.memory import keep_freed_memory
 from fashionseg.postprocess.evaluate import evaluate_refinements, refinement_table
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 def checkpoint_datamodule(module, root: str, **data):
     """The data settings a checkpoint was trained with (input size, split, seed), pointed at ``root``
     and at ``data`` overrides (e.g. ``limit``), set up: ``datamodule.datasets[split]``."""
-    data_cfg = OmegaConf.create(module.hparams.config).data
+    data_cfg = primary_data_config(OmegaConf.create(module.hparams.config).data)
     data_cfg.root = root
     for key, value in data.items():
         data_cfg[key] = value

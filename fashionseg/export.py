@@ -94,13 +94,15 @@ def export(cfg) -> dict:
 
     from fashionseg import ConfigError
     from fashionseg.checkpoint import load_checkpoint
+    from fashionseg.data import primary_data_config
     from fashionseg.io import list_photos, read_photo
 
     if cfg.format != "onnx":
         raise ConfigError(f"format={cfg.format!r} is not supported; use format=onnx.")
     module = load_checkpoint(cfg.ckpt_path)
     train_cfg = OmegaConf.create(module.hparams.config)
-    size = list(train_cfg.data.image_size) if train_cfg.data.image_size is not None else [608, 416]
+    data = primary_data_config(train_cfg.data)
+    size = list(data.image_size) if data.image_size is not None else [608, 416]
     out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / f"{Path(cfg.ckpt_path).stem}.onnx"
     log.info("Exporting %s (%s, input %s) to %s", cfg.ckpt_path, train_cfg.model.name, size, out)
     export_onnx(module.net, out, size, opset=cfg.opset)
@@ -108,8 +110,8 @@ def export(cfg) -> dict:
     if not photos:
         raise ConfigError(f"No photos to check the export on in {cfg.check_photos}; set check_photos=<folder>.")
     images = [read_photo(p) for p in photos]
-    kwargs = dict(class_names=list(train_cfg.task.class_names), image_size=train_cfg.data.image_size,
-                  size_multiple=train_cfg.data.get("size_multiple", 32))
+    kwargs = dict(class_names=list(train_cfg.task.class_names), image_size=data.image_size,
+                  size_multiple=data.get("size_multiple", 32))
     report = {"onnx": str(out), "input_hw": size, **check_and_time(module.net, OnnxRunner(out), images, kwargs)}
     print(f"ONNX written to {out}\n"
           f"max |logits(torch) - logits(onnxruntime)| on {report['photos']} photos: {report['max_abs_diff']:.2e}\n"

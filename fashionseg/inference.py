@@ -64,10 +64,12 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, **kwargs) -> Predictor:
         """Network, classes, palette and input size all come from a train.py checkpoint."""
         from fashionseg.checkpoint import load_checkpoint
+        from fashionseg.data import primary_data_config
 
         module = load_checkpoint(path)
         cfg = OmegaConf.create(module.hparams.config)
-        return cls(module.net, list(cfg.task.class_names), cfg.data.image_size, cfg.data.get("size_multiple", 32),
+        data = primary_data_config(cfg.data)
+        return cls(module.net, list(cfg.task.class_names), data.image_size, data.get("size_multiple", 32),
                    palette=cfg.task.get("palette"), task=cfg.task.name, **kwargs)
 
     @property

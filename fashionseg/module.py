@@ -46,6 +46,10 @@ class SegmentationModule(L.LightningModule):
         self.val_miou_best.persistent(True)  # part of the checkpoint: a resumed run keeps its best
         self.test_scores: dict[str, float] = {}
         self.test_confusion: torch.Tensor | None = None
+        # Several sets (MultiSetDataModule): one confusion matrix per stage and set, made in setup().
+        self.set_metrics = nn.ModuleDict()
+        self.eval_names: dict[str, list[str]] = {}
+        self.test_scores_per_set: dict[str, dict[str, float]] = {}
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping, loss_cfg: DictConfig | Mapping | None = None,
@@ -104,32 +108,68 @@ class SegmentationModule(L.LightningModule):
         the padding cropped and the rest resized to ``size`` (H, W). Returns (B, K, H, W) float."""
         return crop_and_resize(network_logits(self.net, images, self.hparams.tta_hflip), valid_hw[0], size)
 
-    def _eval_step(self, batch: dict, metrics: SegmentationMetrics, stage: str) -> None:
+    def setup(self, stage: str) -> None:
+        """With several sets, one confusion matrix per set for validation and test (their loader order)."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        self.eval_names = dict(getattr(datamodule, "eval_names", None) or {})
+        for subset, names in self.eval_names.items():
+            for name in names:
+                if f"{subset}/{name}" not in self.set_metrics:
+                    self.set_metrics[f"{subset}/{name}"] = SegmentationMetrics(
+                        len(self.class_names), ignore_index=self.hparams.get("ignore_index"))
+
+    def _eval_step(self, batch: dict, stage: str, dataloader_idx: int) -> None:
         mask = batch["mask"]  # (B, H, W) at the label's native size
         logits = self.predict_logits(batch["image"], batch["valid_hw"], mask.shape[-2:])
-        self.log(f"{stage}/loss", self.loss(logits, mask), on_epoch=True, batch_size=len(mask))
-        metrics.update(labels_from_scores(logits), mask)
+        loss, labels = self.loss(logits, mask), labels_from_scores(logits)
+        names = self.eval_names.get(stage)
+        if not names:
+            self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(mask), add_dataloader_idx=False)
+            (self.val_metrics if stage == "val" else self.test_metrics).update(labels, mask)
+            return
+        name = names[dataloader_idx]
+        self.log(f"{stage}/{name}/loss", loss, on_epoch=True, batch_size=len(mask), add_dataloader_idx=False)
+        if dataloader_idx == 0:  # the selection set: also the run's own stage/loss
+            self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(mask), add_dataloader_idx=False)
+        self.set_metrics[f"{stage}/{name}"].update(labels, mask)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test", dataloader_idx)
+
+    def _stage_confusion(self, stage: str) -> torch.Tensor:
+        """The stage's confusion matrix (the selection set's with several sets); logs every set's scores."""
+        names = self.eval_names.get(stage)
+        if not names:
+            metrics = self.val_metrics if stage == "val" else self.test_metrics
+            confusion = metrics.compute()
+            metrics.reset()
+            return confusion
+        per_set = {}
+        for name in names:
+            metric = self.set_metrics[f"{stage}/{name}"]
+            per_set[name] = metric.compute()
+            metric.reset()
+            self.log_dict({f"{stage}/{name}/{k}": v for k, v in scores(per_set[name], self.class_names).items()},
+                          add_dataloader_idx=False)
+        if stage == "test":
+            self.test_scores_per_set = {n: scores(c.cpu(), self.class_names) for n, c in per_set.items()}
+        return per_set[names[0]]
 
     def on_validation_epoch_end(self) -> None:
-        s = scores(self.val_metrics.compute(), self.class_names)
-        self.val_metrics.reset()
-        self.log_dict({f"val/{k}": v for k, v in s.items()})
+        s = scores(self._stage_confusion("val"), self.class_names)
+        self.log_dict({f"val/{k}": v for k, v in s.items()}, add_dataloader_idx=False)
         if not self.trainer.sanity_checking:  # the untrained sanity pass is no "best"
             self.val_miou_best.update(torch.tensor(s["miou"]))
         self.log("val/miou_best", self.val_miou_best.compute() if self.val_miou_best.update_called else 0.0,
-                 prog_bar=True)
+                 prog_bar=True, add_dataloader_idx=False)
 
     def on_test_epoch_end(self) -> None:
-        self.test_confusion = self.test_metrics.compute().cpu()
+        self.test_confusion = self._stage_confusion("test").cpu()
         self.test_scores = scores(self.test_confusion, self.class_names)
-        self.test_metrics.reset()
-        self.log_dict({f"test/{k}": v for k, v in self.test_scores.items()})
+        self.log_dict({f"test/{k}": v for k, v in self.test_scores.items()}, add_dataloader_idx=False)
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fashionseg import ConfigError
 from fashionseg.callbacks.checkpoint import reroot
 from fashionseg.config import check_writable, validate
-from fashionseg.data import FashionDataModule
+from fashionseg.data import FashionDataModule, MultiSetDataModule
 from fashionseg.losses import median_frequency_weights
 from fashionseg.module import SegmentationModule
 from fashionseg.tracking import closes_trackers, configure_wandb
@@ -27,7 +27,7 @@ from fashionseg.tracking import closes_trackers, configure_wandb
 log = logging.getLogger(__name__)
 
 
-def resolve_auto_weights(loss_cfg: DictConfig, datamodule: FashionDataModule) -> DictConfig:
+def resolve_auto_weights(loss_cfg: DictConfig, datamodule: FashionDataModule | MultiSetDataModule) -> DictConfig:
     """Replace every ``weights: auto`` in the loss config by median-frequency weights of the training split."""
     loss_cfg = loss_cfg.copy()
     nodes = [loss_cfg]
@@ -172,10 +172,12 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     out_dir = check_writable(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule: FashionDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule = hydra.utils.instantiate(cfg.data)  # one set, or several (data.sets)
     datamodule.setup("fit")  # reads and checks every file before training starts
     datamodule.write_split(out_dir / "split.json")
-    log.info("Split: %s", {k: len(v) for k, v in datamodule.ids.items()})
+    log.info("Split: %s", json.dumps(datamodule.ids if len(json.dumps(datamodule.ids)) < 200 else
+                                     {k: len(v) if isinstance(v, list) else {s: len(i) for s, i in v.items()}
+                                      for k, v in datamodule.ids.items()}))
 
     assign_run_ids(cfg)
     configure_wandb(cfg)
@@ -208,6 +210,10 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         "wall_time_s": round(time.time() - start, 1),
         "refinements": getattr(module, "refinement_report", None),
         "split": {k: v for k, v in datamodule.ids.items()},
+        # Several sets (data.sets): each one's last validation and its test scores; "test" is select_on's.
+        **({"val_sets": {n: {k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith(f"val/{n}/")}
+                         for n in module.eval_names.get("val", [])},
+            "test_sets": module.test_scores_per_set} if module.eval_names else {}),
         "config": module.hparams.config,
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))

@@ -1,3 +1,4 @@
+import csv
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import hydra
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, compose_cfg, load_script, small_overrides, write_palette_png
+from conftest import ROOT, compose_cfg, load_script, small_overrides, write_dataset, write_palette_png
 from PIL import Image
 
 from fashionseg import ConfigError, DataError
@@ -222,3 +223,34 @@ def test_eval_scores_a_whole_foreign_set_and_leaves_void_pixels_out(fashion_ckpt
     with pytest.raises(ConfigError, match="split=.*nope.* is not one of all, train, val, test"):
         evaluate(compose_cfg("eval", [f"ckpt_path={fashion_ckpt}", f"data.root={root}", "split=nope",
                                       f"paths.output_dir={out}"]))
+
+
+def test_two_sets_train_together_and_are_scored_each(data_root, tmp_path):
+    extra = write_dataset(tmp_path / "extra", 12, seed=1)  # a second set, split by its own seeded fractions
+
+    def shrink(name, root):
+        return [f"data.sets.{name}.root={root}", f"data.sets.{name}.image_size=[96,64]",
+                f"data.sets.{name}.batch_size=2", f"data.sets.{name}.eval_batch_size=4"]
+
+    run = tmp_path / "run"
+    cfg = compose_cfg("train", ["data=fashionista_plus", *shrink("fashionista", data_root), *shrink("extra", extra),
+                                "model=u2netp", f"paths.output_dir={run}", "trainer.max_epochs=2",
+                                "trainer.precision=32-true", "trainer.enable_progress_bar=false",
+                                "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1"])
+    _, results = train(cfg)
+    split = results["split"]
+    n = len(split["fashionista"]["train"]) + len(split["extra"]["train"])
+    assert len(split["fashionista"]["train"]) == 10 and n > 10 and len(split["extra"]["test"]) > 0
+    # One shuffled stream over both training splits at batch 2 (a trailing single photo is dropped).
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2 * (n // 2)
+    # Each set is validated and tested on its own; the selection set's scores are the run's.
+    assert set(results["val_sets"]) == set(results["test_sets"]) == {"fashionista", "extra"}
+    assert results["test"] == results["test_sets"]["fashionista"]
+    assert results["test_sets"]["extra"] != results["test_sets"]["fashionista"]
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    assert {"val/miou", "val/fashionista/miou", "val/extra/miou", "test/extra/miou"} <= set(rows[0])
+    val_rows = [r for r in rows if r["val/miou"]]
+    assert len(val_rows) == 2 and all(r["val/miou"] == r["val/fashionista/miou"] for r in val_rows)
+    assert json.loads((run / "split.json").read_text())["extra"]["test"] == split["extra"]["test"]
+    # The checkpoint serves like any other: eval.py and the Predictor read the selection set's settings.
+    assert Predictor.from_checkpoint(results["best_checkpoint"]).image_size == [96, 64]

@@ -117,20 +117,28 @@ class FashionDataModule(L.LightningDataModule):
                             f"{', '.join(unknown[:10])}. Each id must match {self.images_pattern}.")
         return [sorted(index[i] for i in self.split.get(name, [])) for name in SUBSETS]
 
-    def class_frequencies(self) -> np.ndarray:
-        """Pixel share of each class over the training split's label maps, shape (K,); ignored pixels left out."""
+    def class_counts(self) -> np.ndarray:
+        """Pixels of each class over the training split's label maps, shape (K,); ignored pixels left out."""
         self.setup("fit")
         counts = np.zeros(self.num_classes, dtype=np.int64)
         for _, label in self.datasets["train"].arrays:
             counts += np.bincount(label.ravel(), minlength=self.num_classes)[: self.num_classes]
+        return counts
+
+    def class_frequencies(self) -> np.ndarray:
+        """Pixel share of each class over the training split's label maps, shape (K,); ignored pixels left out."""
+        counts = self.class_counts()
         return counts / counts.sum()
+
+    def split_manifest(self) -> dict:
+        """The image ids of each subset, with the root, seed and fractions that drew them."""
+        fractions = self.split if isinstance(self.split, list) else None  # else fixed id lists
+        return {"root": str(self.root), "seed": self.seed, "fractions": fractions,
+                **{name: self.ids.get(name, []) for name in SUBSETS}}
 
     def write_split(self, path: str | Path) -> None:
         """Write the image ids of each subset, so that runs compare image for image."""
-        fractions = self.split if isinstance(self.split, list) else None  # else fixed id lists
-        manifest = {"root": str(self.root), "seed": self.seed, "fractions": fractions,
-                    **{name: self.ids.get(name, []) for name in SUBSETS}}
-        Path(path).write_text(json.dumps(manifest, indent=1))
+        Path(path).write_text(json.dumps(self.split_manifest(), indent=1))
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset, train = self.datasets[name], name == "train"
