@@ -23,11 +23,22 @@ SPLITS = (ALL, *SUBSETS)
 log = logging.getLogger(__name__)
 
 
-def checkpoint_datamodule(module, root: str, **data):
+def checkpoint_datamodule(module, root: str | None, set_cfg: DictConfig | None = None, **data):
     """The data settings a checkpoint was trained with (input size, split, seed), pointed at ``root``
-    and at ``data`` overrides (e.g. ``limit``), set up: ``datamodule.datasets[split]``."""
-    data_cfg = primary_data_config(OmegaConf.create(module.hparams.config).data)
-    data_cfg.root = root
+    and at ``data`` overrides (e.g. ``limit``), set up: ``datamodule.datasets[split]``.
+
+    ``set_cfg``: another set's config (conf/data/<set>.yaml: its files, label map, split) to read
+    instead; the input size and the task's classes stay the checkpoint's.
+    """
+    train_cfg = OmegaConf.create(module.hparams.config)
+    data_cfg = primary_data_config(train_cfg.data)
+    if set_cfg is not None:
+        fitted = {k: data_cfg.get(k) for k in ("image_size", "size_multiple")}
+        data_cfg = OmegaConf.create(OmegaConf.to_container(set_cfg, resolve=False))
+        data_cfg.update(fitted, label=train_cfg.task.label, num_classes=train_cfg.task.num_classes,
+                        ignore_index=train_cfg.task.get("ignore_index"))
+    if root is not None:
+        data_cfg.root = root
     for key, value in data.items():
         data_cfg[key] = value
     datamodule = hydra.utils.instantiate(data_cfg)
@@ -48,7 +59,8 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r} is not one of {', '.join(SPLITS)} (all: every photo of the set).")
-    datamodule = checkpoint_datamodule(module, cfg.data.root, eval_batch_size=cfg.data.batch_size,
+    set_cfg = cfg.data if "_target_" in cfg.data else None  # data=<set> chose a data set config
+    datamodule = checkpoint_datamodule(module, cfg.data.root, set_cfg, eval_batch_size=cfg.data.batch_size,
                                        num_workers=cfg.data.num_workers, limit=cfg.data.limit)
     if not len(datamodule.datasets[cfg.split]):
         raise ConfigError(

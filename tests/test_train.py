@@ -254,3 +254,18 @@ def test_two_sets_train_together_and_are_scored_each(data_root, tmp_path):
     assert json.loads((run / "split.json").read_text())["extra"]["test"] == split["extra"]["test"]
     # The checkpoint serves like any other: eval.py and the Predictor read the selection set's settings.
     assert Predictor.from_checkpoint(results["best_checkpoint"]).image_size == [96, 64]
+
+
+def test_eval_reads_another_set_with_its_own_config(fashion_ckpt, own_numbering_root, tmp_path):
+    root, void = own_numbering_root
+    # The checkpoint's own data settings cannot read this set's numbering...
+    plain = compose_cfg("eval", [f"ckpt_path={fashion_ckpt}", f"data.root={root}", "split=all",
+                                 f"paths.output_dir={tmp_path / 'plain'}"])
+    with pytest.raises(DataError, match=r"values \[13, 23, .*data.label_map"):
+        evaluate(plain)
+    # ...data=<set> (here the Fashionista config with this set's label map) can: every photo, void left out.
+    cfg = compose_cfg("eval", [f"ckpt_path={fashion_ckpt}", "data=fashionista", f"data.root={root}", *OWN_NUMBERING,
+                               "split=all", f"paths.output_dir={tmp_path / 'set'}", "trainer.precision=32-true"])
+    results = evaluate(cfg)
+    assert results["images"] == 20
+    assert sum(map(sum, results["confusion"])) == 20 * 96 * 64 - sum(void.values())

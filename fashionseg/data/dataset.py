@@ -103,7 +103,8 @@ def read_label(path: Path, num_classes: int, ignore_index: int | None = None,
             raise DataError(
                 f"Label {path} has values {bad} outside the task's {num_classes} classes (0..{num_classes - 1})"
                 f"{void}. Check that the task matches the label file (task=person reads *_person.png, "
-                "task=fashion reads *_clothes.png) or fix the label map."
+                "task=fashion reads *_clothes.png), fix the label map, or translate a set's own values with "
+                "data.label_map."
             )
     return label
 
