@@ -43,6 +43,11 @@ def resolve_auto_weights(loss_cfg: DictConfig, datamodule: FashionDataModule | M
     return loss_cfg
 
 
+def split_sizes(ids: dict) -> dict:
+    """Photos per subset, ``{"train": 300, ...}``, per set with several sets."""
+    return {k: split_sizes(v) if isinstance(v, dict) else len(v) for k, v in ids.items()}
+
+
 def instantiate_dict(cfg: DictConfig | None, group: str = "callbacks") -> list:
     """Instantiate every entry of a group like ``callbacks`` or ``logger``; null entries are off.
 
@@ -175,9 +180,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     datamodule = hydra.utils.instantiate(cfg.data)  # one set, or several (data.sets)
     datamodule.setup("fit")  # reads and checks every file before training starts
     datamodule.write_split(out_dir / "split.json")
-    log.info("Split: %s", json.dumps(datamodule.ids if len(json.dumps(datamodule.ids)) < 200 else
-                                     {k: len(v) if isinstance(v, list) else {s: len(i) for s, i in v.items()}
-                                      for k, v in datamodule.ids.items()}))
+    log.info("Split: %s", split_sizes(datamodule.ids))
 
     assign_run_ids(cfg)
     configure_wandb(cfg)

@@ -60,6 +60,18 @@ def write_dataset(root: Path, n: int, seed: int = 0) -> Path:
     return root
 
 
+def paint_void_bands(root, suffix="clothes", value=255):
+    """Horizontal bands of ``value`` across every label map; returns the number of void pixels per id."""
+    void = {}
+    for path in sorted((root / "labels").glob(f"*_{suffix}.png")):
+        label = np.array(Image.open(path))
+        label[10:14] = value
+        label[40:41] = value
+        write_palette_png(path, label)
+        void[path.name.removesuffix(f"_{suffix}.png")] = int((label == value).sum())
+    return void
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """20 synthetic photos: a 10/2/8 split."""

@@ -5,7 +5,7 @@ import hydra
 import numpy as np
 import pytest
 import torch
-from conftest import compose_cfg, write_dataset, write_palette_png
+from conftest import compose_cfg, paint_void_bands, write_dataset, write_palette_png
 from PIL import Image
 
 from fashionseg import ConfigError, DataError
@@ -131,18 +131,6 @@ def test_image_size_not_multiple_of_32(data_root):
 
 
 # ------------------------------------------------------------------------------ the ignore label
-
-def paint_void_bands(root, suffix="clothes", value=255):
-    """Horizontal bands of ``value`` across every label map; returns the number of void pixels per id."""
-    void = {}
-    for path in sorted((root / "labels").glob(f"*_{suffix}.png")):
-        label = np.array(Image.open(path))
-        label[10:14] = value
-        label[40:41] = value
-        write_palette_png(path, label)
-        void[path.name.removesuffix(f"_{suffix}.png")] = int((label == value).sum())
-    return void
-
 
 def test_void_label_is_allowed_and_other_values_still_name_the_file(copy_root):
     paint_void_bands(copy_root)

@@ -11,7 +11,7 @@ import hydra
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, compose_cfg, load_script, small_overrides, write_dataset, write_palette_png
+from conftest import ROOT, compose_cfg, load_script, paint_void_bands, small_overrides, write_dataset, write_palette_png
 from PIL import Image
 
 from fashionseg import ConfigError, DataError
@@ -152,8 +152,6 @@ def test_every_module_argument_comes_from_config(train_cfg, tmp_path):
 def own_numbering_root(tmp_path_factory, data_root):
     """The synthetic set with labels numbered its own way (class c is 10 c + 3) and bands of 200, its
     "void", across every clothes map. Returns (root, void pixels per id)."""
-    from test_data import paint_void_bands
-
     root = tmp_path_factory.mktemp("own_numbering")
     shutil.copytree(data_root, root, dirs_exist_ok=True)
     for path in (root / "labels").glob("*_clothes.png"):
@@ -200,8 +198,6 @@ def test_fixed_id_lists_split_a_set(train_cfg, data_root):
 
 
 def test_eval_scores_a_whole_foreign_set_and_leaves_void_pixels_out(fashion_ckpt, data_root, tmp_path):
-    from test_data import paint_void_bands
-
     # 12 photos of the set under other ids, with bands of the ignore label across the clothes maps.
     root = tmp_path / "foreign"
     (root / "images").mkdir(parents=True)
