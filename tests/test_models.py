@@ -1,13 +1,17 @@
 import os
 import subprocess
 import sys
+from importlib import resources
 
 import pytest
 import torch
+from conftest import compose_cfg
 
 from fashionseg import ConfigError
 from fashionseg.models import RSU, SmpSegmenter, U2Net, deeplabv3, deeplabv3plus
+from fashionseg.models.deeplab import architectures
 from fashionseg.models.pretrained import packaged_weights_path
+from fashionseg.module import SegmentationModule
 
 
 @pytest.mark.parametrize("variant", ["u2net", "u2netp"])
@@ -102,3 +106,32 @@ def test_offline_imagenet_download_says_what_to_do():
     assert proc.returncode != 0
     assert "Could not get 'imagenet' weights for encoder 'resnet18'" in proc.stderr
     assert "model.net.encoder_weights=/path/encoder.pth" in proc.stderr
+
+
+MODEL_CONFIGS = sorted(p.name.removesuffix(".yaml") for p in resources.files("fashionseg.conf").joinpath("model")
+                       .iterdir() if p.name.endswith(".yaml") and p.name != "smp.yaml")
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_every_model_config_composes_and_trains_one_step(name):
+    cfg = compose_cfg("train", [f"model={name}"])  # built without pretrained weights below
+    module = SegmentationModule.from_config(cfg, pretrained=False)
+    optimizer = module.configure_optimizers()["optimizer"]
+    h, w = 128, 192  # PAN's pyramid pooling needs at least 128 pixels
+    images = torch.randint(0, 255, (2, 3, h, w), dtype=torch.uint8)
+    target = torch.randint(0, cfg.task.num_classes, (2, h, w))
+    before = [p.detach().clone() for p in module.parameters()]
+    out = module(images)
+    assert out["out"].shape == (2, cfg.task.num_classes, h, w)
+    loss = module.compute_loss(out, target)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_every_smp_architecture_has_a_model_config():
+    archs = {compose_cfg("train", [f"model={name}"]).model.net.get("arch") for name in MODEL_CONFIGS}
+    assert set(architectures()) <= archs | {"DeepLabV3", "DeepLabV3Plus"}  # those two: model=deeplabv3{,plus}
+    assert compose_cfg("train", ["model=smp", "model.net.arch=FPN"]).model.name == "smp-FPN"
+    with pytest.raises(ConfigError, match=r"model.net.arch='Unett'; valid: \['Unet', 'UnetPlusPlus'.*'Segformer'"):
+        SmpSegmenter("Unett", "resnet18", 2)

@@ -1,10 +1,12 @@
-"""DeepLabv3 and DeepLabv3+ from segmentation_models_pytorch, with any of its encoders."""
+"""Every segmentation_models_pytorch architecture (DeepLabv3, DeepLabv3+, Unet, FPN, UPerNet, Segformer, ...)
+with any of its encoders, behind the common network interface."""
 
 from __future__ import annotations
 
 import segmentation_models_pytorch as smp
 import timm
 import torch
+from segmentation_models_pytorch.base import SegmentationModel
 from torch import nn
 
 from fashionseg import ConfigError
@@ -24,6 +26,12 @@ def encoder_stats(encoder_name: str) -> tuple[tuple, tuple]:
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+def architectures() -> list[str]:
+    """The smp architecture class names, e.g. ``Unet``, ``DeepLabV3Plus``, ``Segformer``."""
+    return [name for name in smp.__all__ if isinstance(getattr(smp, name), type)
+            and issubclass(getattr(smp, name), SegmentationModel)]
+
+
 class SmpSegmenter(nn.Module):
     """An smp model behind the common interface: uint8/[0,1] input, ``{"out": logits, "aux": []}``.
 
@@ -37,8 +45,9 @@ class SmpSegmenter(nn.Module):
 
     def __init__(self, arch: str, encoder_name: str, num_classes: int, encoder_weights: str | None = None, **kwargs):
         super().__init__()
-        if not hasattr(smp, arch):
-            raise ConfigError(f"Unknown smp architecture {arch!r}; valid: {sorted(smp.__all__)}.")
+        if arch not in architectures():
+            raise ConfigError(f"Unknown smp architecture model.net.arch={arch!r}; valid: {architectures()} "
+                              "(or a model config: model=unet, fpn, upernet, segformer, ...).")
         valid = smp.encoders.get_encoder_names()
         if encoder_name not in valid and not encoder_name.startswith("tu-"):
             raise ConfigError(f"Wrong encoder name {encoder_name!r}; supported encoders: {valid} or tu-<timm model>.")
