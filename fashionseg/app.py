@@ -28,14 +28,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fashionseg import ConfigError, DataError
 from fashionseg.inference import Predictor
-from fashionseg.io import ImageTooLargeError, cutout, label_image, read_photo
+from fashionseg.io import BOUNDARY_COLOUR, ImageTooLargeError, class_boundaries, cutout, label_image, read_photo
 from fashionseg.postprocess.evaluate import load_refinements
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).parent / "web" / "index.html"
 REFINEMENTS = {  # name shown -> conf/postprocess/<name>.yaml
-    "none": "none", "cleanup": "cleanup", "crf": "crf", "superpixels": "superpixel",
+    "none": "none", "cleanup": "cleanup", "crf": "crf", "superpixels": "superpixel", "edges": "edges",
 }
 HOW_TO_TRAIN = ("No trained {task} model is configured. Train one with `python train.py experiment={recipe}`, then "
                 "start the demo with `python app.py checkpoints.{task}=outputs/<run>/checkpoints/<best>.ckpt`.")
@@ -47,6 +47,13 @@ def data_url(im: Image.Image, format: str = "PNG", **options) -> str:
     buffer = io.BytesIO()
     im.save(buffer, format=format, **options)
     return f"data:image/{format.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def boundary_lines(label: np.ndarray) -> Image.Image:
+    """The class boundaries as lines on a transparent RGBA image; the page shows them over the photo on request."""
+    rgba = np.zeros((*label.shape, 4), np.uint8)
+    rgba[class_boundaries(label)] = (*BOUNDARY_COLOUR, 255)
+    return Image.fromarray(rgba, "RGBA")
 
 
 def colour_mask(label: np.ndarray, palette: np.ndarray) -> Image.Image:
@@ -223,6 +230,7 @@ def create_app(checkpoints: dict[str, str | None], max_upload_mb: float = 10.0, 
                 # The photo only shows what the server read (EXIF-rotated): JPEG is enough, and fast.
                 "photo": data_url(Image.fromarray(photo), "JPEG", quality=90),
                 "mask": data_url(colour_mask(label, model.palette)),
+                "boundaries": data_url(boundary_lines(label), compress_level=1),
                 "label": data_url(label_image(label, model.palette)),
                 "legend": [{"name": n, "color": "#{:02x}{:02x}{:02x}".format(*(int(c) for c in model.palette[k])),
                             "present": k in present} for k, n in enumerate(model.class_names)],

@@ -13,8 +13,9 @@ from fashionseg import ConfigError
 from fashionseg.module import SegmentationModule
 
 
-def load_checkpoint(path: str | Path, tta_hflip: bool = False) -> SegmentationModule:
-    """Load a checkpoint written by train.py into a SegmentationModule in eval mode.
+def load_checkpoint(path: str | Path, tta_hflip: bool = False, **overrides) -> SegmentationModule:
+    """Load a checkpoint written by train.py into a SegmentationModule in eval mode; ``overrides`` are
+    evaluation settings of the module (``boundary_dilation``).
 
     The encoder is built without pretrained weights (the checkpoint holds all of them), so
     loading never touches the network.
@@ -29,7 +30,8 @@ def load_checkpoint(path: str | Path, tta_hflip: bool = False) -> SegmentationMo
     config = ckpt.get("hyper_parameters", {}).get("config")
     if not config:
         raise ConfigError(f"Checkpoint {path} holds no fashionseg config; it was not written by train.py.")
-    module = SegmentationModule.from_config(config, pretrained=False, tta_hflip=tta_hflip, config=config)
+    module = SegmentationModule.from_config(config, pretrained=False, tta_hflip=tta_hflip, config=config,
+                                           **overrides)
     module.load_state_dict(ckpt["state_dict"], strict=True)
     return module.eval()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from skimage.segmentation import find_boundaries
 
 from fashionseg import DataError
 
@@ -15,6 +16,7 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 FORMATS = "JPEG, PNG, BMP, TIFF, WebP or GIF"
 EMPTY = "{name} is empty (0 bytes); give a JPEG or PNG photo."
 VOID_COLOUR = (224, 224, 224)  # label values beyond the classes (the ignore label) in overlays
+BOUNDARY_COLOUR = (255, 255, 0)  # class boundaries drawn on overlays: yellow shows on skin, cloth and sky
 
 
 class ImageTooLargeError(DataError):
@@ -98,10 +100,17 @@ def label_image(label: np.ndarray, palette: np.ndarray) -> Image.Image:
     return im
 
 
+def class_boundaries(label: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels where the class changes (scikit-image's inner outline: a class's side of an edge
+    with the background, both sides of an edge between two classes)."""
+    return find_boundaries(label, connectivity=1, mode="inner")
+
+
 def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray, class_names: Sequence[str],
-            opacity: float = 0.5, legend: bool = True) -> Image.Image:
+            opacity: float = 0.5, legend: bool = True, boundaries: bool = False) -> Image.Image:
     """The photo with class colours blended in (background left as is), and a legend of the classes present.
-    Label values beyond the palette (the ignore label of a ground-truth map) are drawn light grey."""
+    Label values beyond the palette (the ignore label of a ground-truth map) are drawn light grey.
+    ``boundaries``: also draw the class boundaries as thin lines in BOUNDARY_COLOUR."""
     if image.shape[:2] != label.shape:
         raise ValueError(f"Photo size {image.shape[:2]} and label size {label.shape} differ.")
     if not 0.0 <= opacity <= 1.0:
@@ -113,6 +122,8 @@ def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray, class_nam
     blend = image.astype(np.float32)
     fg = label > 0
     blend[fg] = (1 - opacity) * blend[fg] + opacity * colours[fg]
+    if boundaries:
+        blend[class_boundaries(label)] = BOUNDARY_COLOUR
     out = Image.fromarray(blend.round().astype(np.uint8), "RGB")
     return add_legend(out, palette, class_names, present=np.unique(label)) if legend else out
 

@@ -26,10 +26,18 @@ class CrossEntropy(nn.Module):
     Args:
         weights: None, a list of K class weights, or ``"auto"``; ``auto`` must be resolved with
             ``median_frequency_weights`` before construction (train.py's ``resolve_auto_weights`` does this).
+        boundary_weight: edge-aware training: pixels within ``boundary_width`` pixels (chessboard distance,
+            at the training input's size) of a label edge weigh ``1 + boundary_weight``, the others 1; the loss
+            is the weighted mean. 0 is plain cross-entropy. Void pixels make no edge.
     """
 
-    def __init__(self, weights: Sequence[float] | None = None, ignore_index: int | None = None):
+    def __init__(self, weights: Sequence[float] | None = None, ignore_index: int | None = None,
+                 boundary_weight: float = 0.0, boundary_width: int = 3):
         super().__init__()
+        if boundary_weight < 0 or boundary_width < 1:
+            raise ConfigError(f"loss.boundary_weight must be >= 0 and loss.boundary_width >= 1 pixel, got "
+                              f"{boundary_weight} and {boundary_width}.")
+        self.boundary_weight, self.boundary_width = boundary_weight, int(boundary_width)
         if isinstance(weights, str):
             raise ConfigError(f"loss.weights={weights!r} must be resolved to numbers first "
                               "(train.py resolves `auto` from the training split).")
@@ -44,7 +52,25 @@ class CrossEntropy(nn.Module):
                 f"loss.weights has {self.weight.numel()} values but the task has {logits.shape[1]} classes; "
                 "give one weight per class."
             )
-        return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index)
+        if not self.boundary_weight:
+            return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index)
+        per_pixel = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="none")
+        valid = target != self.ignore_index  # (B, H, W)
+        weight = 1.0 + self.boundary_weight * near_edges(target, valid, self.boundary_width).float()
+        if self.weight is not None:
+            weight = weight * self.weight[target.clamp(0, len(self.weight) - 1)]
+        weight = weight * valid
+        return (weight * per_pixel).sum() / weight.sum().clamp(min=torch.finfo(weight.dtype).tiny)
+
+
+def near_edges(target: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, H, W) bool: pixels with another class within ``width`` pixels (a (2w+1)^2 square); void pixels
+    (``valid`` False) count as no class, so a void region makes no edge."""
+    t = target.float()[:, None]
+    k = 2 * width + 1
+    highest = F.max_pool2d(torch.where(valid[:, None], t, -1.0), k, stride=1, padding=width)  # -1: no class
+    lowest = -F.max_pool2d(torch.where(valid[:, None], -t, -float(2**24)), k, stride=1, padding=width)
+    return (highest != lowest)[:, 0] & valid
 
 
 class Dice(smp_losses.DiceLoss):

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MaxMetric
 
 from fashionseg.inference import crop_and_resize, network_logits
-from fashionseg.metrics import SegmentationMetrics, labels_from_scores, scores
+from fashionseg.metrics import SplitMetrics, labels_from_scores
 
 
 class SegmentationModule(L.LightningModule):
@@ -28,20 +28,20 @@ class SegmentationModule(L.LightningModule):
         scheduler_monitor: metric a plateau scheduler watches.
         tta_hflip: at evaluation, average logits of the photo and its mirror image.
         ignore_index: label value of pixels left out of the metrics (the loss takes its own).
+        boundary_dilation: Boundary IoU's band width, a fraction of the image diagonal.
         config: the run's resolved configuration, stored in every checkpoint.
     """
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None,
                  class_names: Sequence[str], aux_weight: float = 0.0, scheduler_monitor: str = "val/loss",
-                 tta_hflip: bool = False, config: dict | None = None, ignore_index: int | None = None):
+                 tta_hflip: bool = False, config: dict | None = None, ignore_index: int | None = None,
+                 boundary_dilation: float = 0.02):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(class_names)
-        k = len(self.class_names)
-        self.val_metrics = SegmentationMetrics(k, ignore_index=ignore_index)
-        self.test_metrics = SegmentationMetrics(k, ignore_index=ignore_index)
+        self.val_metrics, self.test_metrics = self.split_metrics(), self.split_metrics()
         self.val_miou_best = MaxMetric()
         self.val_miou_best.persistent(True)  # part of the checkpoint: a resumed run keeps its best
         self.test_scores: dict[str, float] = {}
@@ -83,9 +83,15 @@ class SegmentationModule(L.LightningModule):
             scheduler_monitor=cfg.get("scheduler_monitor", "val/loss"),
             tta_hflip=cfg.get("tta_hflip", False),
             ignore_index=cfg.task.get("ignore_index"),
+            boundary_dilation=cfg.get("boundary_dilation", 0.02),
             config=config,
         )
         return cls(**{**kwargs, **overrides})
+
+    def split_metrics(self) -> SplitMetrics:
+        """A split's metrics (confusion matrix and Boundary IoU) for this module's classes and ignore label."""
+        return SplitMetrics(self.class_names, self.hparams.get("ignore_index"),
+                            self.hparams.get("boundary_dilation", 0.02))
 
     def forward(self, images: torch.Tensor) -> dict:
         return self.net(images)
@@ -115,8 +121,7 @@ class SegmentationModule(L.LightningModule):
         for subset, names in self.eval_names.items():
             for name in names:
                 if f"{subset}/{name}" not in self.set_metrics:
-                    self.set_metrics[f"{subset}/{name}"] = SegmentationMetrics(
-                        len(self.class_names), ignore_index=self.hparams.get("ignore_index"))
+                    self.set_metrics[f"{subset}/{name}"] = self.split_metrics()
 
     def _eval_step(self, batch: dict, stage: str, dataloader_idx: int) -> None:
         mask = batch["mask"]  # (B, H, W) at the label's native size
@@ -139,27 +144,26 @@ class SegmentationModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "test", dataloader_idx)
 
-    def _stage_confusion(self, stage: str) -> torch.Tensor:
-        """The stage's confusion matrix (the selection set's with several sets); logs every set's scores."""
+    def _stage_scores(self, stage: str) -> tuple[torch.Tensor, dict[str, float]]:
+        """The stage's confusion matrix and scores (the selection set's with several sets); logs every set's."""
         names = self.eval_names.get(stage)
         if not names:
             metrics = self.val_metrics if stage == "val" else self.test_metrics
-            confusion = metrics.compute()
+            result = metrics.compute()
             metrics.reset()
-            return confusion
+            return result
         per_set = {}
         for name in names:
             metric = self.set_metrics[f"{stage}/{name}"]
             per_set[name] = metric.compute()
             metric.reset()
-            self.log_dict({f"{stage}/{name}/{k}": v for k, v in scores(per_set[name], self.class_names).items()},
-                          add_dataloader_idx=False)
+            self.log_dict({f"{stage}/{name}/{k}": v for k, v in per_set[name][1].items()}, add_dataloader_idx=False)
         if stage == "test":
-            self.test_scores_per_set = {n: scores(c.cpu(), self.class_names) for n, c in per_set.items()}
+            self.test_scores_per_set = {n: s for n, (_, s) in per_set.items()}
         return per_set[names[0]]
 
     def on_validation_epoch_end(self) -> None:
-        s = scores(self._stage_confusion("val"), self.class_names)
+        _, s = self._stage_scores("val")
         self.log_dict({f"val/{k}": v for k, v in s.items()}, add_dataloader_idx=False)
         if not self.trainer.sanity_checking:  # the untrained sanity pass is no "best"
             self.val_miou_best.update(torch.tensor(s["miou"]))
@@ -167,8 +171,8 @@ class SegmentationModule(L.LightningModule):
                  prog_bar=True, add_dataloader_idx=False)
 
     def on_test_epoch_end(self) -> None:
-        self.test_confusion = self._stage_confusion("test").cpu()
-        self.test_scores = scores(self.test_confusion, self.class_names)
+        confusion, self.test_scores = self._stage_scores("test")
+        self.test_confusion = confusion.cpu()
         self.log_dict({f"test/{k}": v for k, v in self.test_scores.items()}, add_dataloader_idx=False)
 
     def configure_optimizers(self) -> dict:

@@ -31,11 +31,11 @@ def resolve_device(device: str) -> str:
 
 
 def write_outputs(predictor: Predictor, photo: np.ndarray, probs: torch.Tensor, label: np.ndarray, out_dir: Path,
-                  stem: str, opacity: float) -> list[Path]:
+                  stem: str, opacity: float, boundaries: bool = False) -> list[Path]:
     """<stem>_label.png (class indices, palette colours), <stem>_overlay.png, and <stem>_cutout.png for person."""
     paths = [out_dir / f"{stem}_label.png", out_dir / f"{stem}_overlay.png"]
     label_image(label, predictor.palette).save(paths[0])
-    overlay(photo, label, predictor.palette, predictor.class_names, opacity).save(paths[1])
+    overlay(photo, label, predictor.palette, predictor.class_names, opacity, boundaries=boundaries).save(paths[1])
     if predictor.task == "person" or predictor.class_names == ["background", "person"]:
         paths.append(out_dir / f"{stem}_cutout.png")
         # Soft edges from the probability, hard zeros where the refined label says background.
@@ -88,7 +88,8 @@ def predict(cfg: DictConfig) -> dict:
                 continue
             for path, photo, probs in zip(names, images, predictor.probabilities(images)):
                 label = refine(photo, probs)
-                written.append(write_outputs(predictor, photo, probs, label, out_dir, path.stem, cfg.opacity))
+                written.append(write_outputs(predictor, photo, probs, label, out_dir, path.stem, cfg.opacity,
+                                             cfg.get("boundaries", False)))
                 bar.update(1)
     log.info("Labelled %d of %d photos into %s", len(written), len(photos), out_dir)
     return {"photos": len(photos), "written": [[str(p) for p in w] for w in written], "failed": failed,

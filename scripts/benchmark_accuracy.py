@@ -13,7 +13,7 @@ with eval.py on the first one's checkpoint. A recipe's test-time refinements
 (`callbacks.refinements`: methods and their parameters, chosen on the validation split) add one
 row each, scored on the same network outputs.
 
-Prints one table (task, recipe, device, train minutes, test mIoU, pixel accuracy, per-class IoU)
+Prints one table (task, recipe, device, train minutes, test mIoU, Boundary IoU, pixel accuracy, per-class IoU)
 and writes it as JSON and Markdown, plus <run dir>/confusion.png for every row.
 """
 
@@ -146,25 +146,33 @@ def table_row(recipe: str, test: dict, confusion: list, names: list[str], figure
     recomputed = scores(torch.tensor(confusion), names)  # table and figure from one source
     assert abs(recomputed["miou"] - test["miou"]) < 1e-6, (recomputed, test)
     figure = confusion_figure(confusion, names, figure_path, title=f"{recipe}: test mIoU {100 * test['miou']:.1f}%")
+    boundary = test.get("boundary_iou")  # absent from runs scored before Boundary IoU existed
     return {"recipe": recipe, **fields, "test_miou": round(100 * test["miou"], 2),
+            "boundary_iou": None if boundary is None else round(100 * boundary, 2),
             "pixel_acc": round(100 * test["pixel_acc"], 2),
             "per_class_iou": {n: round(100 * test[f"iou_{n}"], 1) for n in names}, "figure": str(figure)}
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| task | recipe | device | train (min) | test mIoU | pixel acc | per-class IoU | command |",
-             "|---|---|---|---|---|---|---|---|"]
+    header = ["task", "recipe", "device", "train (min)", "test mIoU", "boundary IoU", "pixel acc", "per-class IoU",
+              "command"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         per_class = ", ".join(f"{n} {v}" for n, v in r["per_class_iou"].items())
         lines.append(f"| {r['task']} | {r['recipe']} | {r['device']} | {r['train_min']} | **{r['test_miou']:.2f}%** "
-                     f"| {r['pixel_acc']:.2f}% | {per_class} | `{r['command']}` |")
+                     f"| {percent(r['boundary_iou'])} | {r['pixel_acc']:.2f}% | {per_class} | `{r['command']}` |")
     return "\n".join(lines) + "\n"
 
 
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
+
+
 def print_table(rows: list[dict]) -> None:
-    header = ["task", "recipe", "device", "train min", "test mIoU", "pixel acc", "per-class IoU"]
+    header = ["task", "recipe", "device", "train min", "test mIoU", "boundary IoU", "pixel acc", "per-class IoU"]
     body = [[r["task"], r["recipe"], r["device"], f"{r['train_min']:.1f}", f"{r['test_miou']:.2f}",
-             f"{r['pixel_acc']:.2f}", " ".join(f"{n}={v}" for n, v in r["per_class_iou"].items())] for r in rows]
+             percent(r["boundary_iou"]), f"{r['pixel_acc']:.2f}",
+             " ".join(f"{n}={v}" for n, v in r["per_class_iou"].items())] for r in rows]
     widths = [max(len(str(x[i])) for x in [header, *body]) for i in range(len(header))]
     for line in [header, ["-" * w for w in widths], *body]:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))

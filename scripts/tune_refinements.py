@@ -8,8 +8,9 @@ The network runs once over the validation photos (at native 600x400, bf16 autoca
 optional flip TTA); every setting of every refinement is then scored on the same probabilities
 (``fashionseg.postprocess.evaluate.evaluate_refinements``). Each refinement's grid is the product of
 its listed values (defaults below; ``--grid name.param=v1,v2`` replaces one list). The best setting
-per refinement is the one with the highest validation mIoU; nothing here looks at the test split.
-Prints one table per refinement (sorted), writes JSON with every row and the chosen parameters.
+per refinement is the one with the highest validation mIoU (Boundary IoU is shown beside it); nothing here
+looks at the test split. Prints one table per refinement (sorted), writes JSON with every row and the
+chosen parameters.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from fashionseg.evaluate import checkpoint_datamodule
 from fashionseg.memory import keep_freed_memory
 from fashionseg.postprocess.evaluate import evaluate_refinements, load_refinements
 
-# Around each refinement's defaults (conf/postprocess/): 1 + 4 + 12 + 6 settings.
+# Around each refinement's defaults (conf/postprocess/): 1 + 4 + 12 + 6 + 9 settings.
 GRIDS = {
     "none": {},
     "cleanup": {"min_size": [0.0005, 0.001, 0.002, 0.005]},
     "crf": {"bilateral_compat": [3, 5, 10], "bilateral_srgb": [5, 13], "bilateral_sxy": [40, 80]},
     "superpixel": {"scale": [50, 100, 200], "merge": [None, "rag"]},
+    "edges": {"prob_weight": [0.25, 0.5, 0.75], "threshold": [0.01, 0.02, 0.05]},
 }
 
 
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", default=None, help="data set root (default: paths.data_dir)")
     p.add_argument("--tta", action="store_true",
                    help="horizontal-flip test-time augmentation (as eval.py tta_hflip=true)")
-    p.add_argument("--refinements", nargs="+", default=["none", "cleanup", "crf", "superpixel"])
+    p.add_argument("--refinements", nargs="+", default=["none", "cleanup", "crf", "superpixel", "edges"])
     p.add_argument("--grid", nargs="*", default=[], help="replace one parameter list: <refinement>.<param>=v1,v2")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", default=None,
@@ -95,16 +97,16 @@ def main(argv: list[str] | None = None) -> dict:
     rows, best = [], {}
     for key, (name, params) in chosen_from.items():
         s = report[key]
-        rows.append({"refinement": name, "params": params, "val_miou": s["miou"], "val_pixel_acc": s["pixel_acc"],
-                     "ms_per_image": s["ms_per_image"]})
+        rows.append({"refinement": name, "params": params, "val_miou": s["miou"], "val_boundary_iou": s["boundary_iou"],
+                     "val_pixel_acc": s["pixel_acc"], "ms_per_image": s["ms_per_image"]})
         if name not in best or s["miou"] > best[name]["val_miou"]:
             best[name] = rows[-1]
     for name in args.refinements:
         print(f"\n{name} (validation split, sorted by mIoU)")
-        print(f"{'params':<60} {'val mIoU':>9} {'pixel acc':>10} {'ms/image':>9}")
+        print(f"{'params':<60} {'val mIoU':>9} {'boundary IoU':>13} {'pixel acc':>10} {'ms/image':>9}")
         for r in sorted((r for r in rows if r["refinement"] == name), key=lambda r: -r["val_miou"]):
-            print(f"{label('', r['params']) or '-':<60} {100 * r['val_miou']:>9.2f} {100 * r['val_pixel_acc']:>10.2f} "
-                  f"{r['ms_per_image']:>9.1f}")
+            print(f"{label('', r['params']) or '-':<60} {100 * r['val_miou']:>9.2f} "
+                  f"{100 * r['val_boundary_iou']:>13.2f} {100 * r['val_pixel_acc']:>10.2f} {r['ms_per_image']:>9.1f}")
     overrides = [f"postprocess.{name}.{k}={'null' if v is None else v}" for name, r in best.items()
                  for k, v in r["params"].items()]
     command = " ".join(["python eval.py", f"ckpt_path={args.ckpt}", f"tta_hflip={str(args.tta).lower()}",

@@ -26,3 +26,11 @@ class LeastLikelyLabels:
 
     def __call__(self, image, probs):
         return probs.argmin(0).numpy().astype("uint8")
+
+
+class Stripes:
+    """A refinement with edges on any network, trained or not: vertical stripes of every class in turn."""
+
+    def __call__(self, image, probs):
+        width = max(1, image.shape[1] // (2 * len(probs)))
+        return ((torch.arange(image.shape[1]) // width) % len(probs)).expand(image.shape[:2]).numpy().astype("uint8")

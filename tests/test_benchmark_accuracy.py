@@ -25,6 +25,8 @@ def test_recipes_sharing_a_network_train_once_and_refinements_add_rows(data_root
     # The refined row is the CRF's own score on the same network outputs, with its own figure.
     assert rows[2]["test_miou"] == round(100 * ev["refinements"]["crf"]["miou"], 2)
     assert rows[1]["test_miou"] == round(100 * ev["scores"]["miou"], 2)
+    assert rows[2]["boundary_iou"] == round(100 * ev["refinements"]["crf"]["boundary_iou"], 2)
+    assert rows[1]["boundary_iou"] == round(100 * ev["scores"]["boundary_iou"], 2)
     assert (runs / "best_person" / "confusion_crf.png").stat().st_size > 0
     assert "crf" in rows[2]["note"] and "best_person" in rows[2]["command"]
     assert json.loads((runs / "accuracy.json").read_text()) == rows

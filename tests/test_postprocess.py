@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fashionseg.postprocess import DenseCRF, Identity, SmallRegionCleanup, SuperpixelVote
+from fashionseg.postprocess import DenseCRF, EdgeRegionVote, Identity, SmallRegionCleanup, SuperpixelVote
 from fashionseg.postprocess.superpixel import vote
 
 
@@ -26,7 +26,8 @@ def two_region_case(h: int = 48, w: int = 64, noise: float = 0.35, seed: int = 0
 REFINEMENTS = [Identity(), SmallRegionCleanup(min_size=20), SuperpixelVote(),
                SuperpixelVote(method="slic", n_segments=50),
                SuperpixelVote(merge="rag"), SuperpixelVote(merge="kmeans", clusters=10),
-               DenseCRF(backend="torch", compile=False)]
+               DenseCRF(backend="torch", compile=False), EdgeRegionVote(), EdgeRegionVote(detector="canny"),
+               EdgeRegionVote(segments="slic", compactness=10, n_segments=50)]
 
 
 @pytest.mark.parametrize("refine", REFINEMENTS, ids=lambda r: f"{r.name}-{getattr(r, 'merge', '')}")
@@ -49,6 +50,38 @@ def test_crf_recovers_a_sharp_edge_from_noise():
     crf = DenseCRF(backend="torch", bilateral_sxy=20, bilateral_srgb=20, compile=False)
     after = (crf(image, probs) == truth).mean()
     assert before < 0.85 and after > 0.99, (before, after)
+
+
+def test_edges_restore_a_blurred_boundary_to_the_photos_sharp_edge():
+    # A photo with a sharp colour edge at column 60 (and some texture); the network's probabilities put a
+    # soft boundary 7 pixels to the right of it, as a blurred, shifted decoder output would.
+    h, w, edge = 80, 120, 60
+    rng = np.random.default_rng(0)
+    image = np.zeros((h, w, 3), np.float64)
+    image[:, :edge] = (180, 60, 50)
+    image[:, edge:] = (40, 70, 190)
+    image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    truth = np.zeros((h, w), np.uint8)
+    truth[:, edge:] = 1
+    x = np.arange(w)[None, :].repeat(h, 0)
+    p1 = 1 / (1 + np.exp(-(x - (edge + 6.5)) / 3.0))  # 0.5 between columns 66 and 67, a 10-pixel wide ramp
+    probs = np.stack([1 - p1, p1]).astype(np.float32)
+    before = (probs.argmax(0) != truth).sum(1)
+    assert (before == 7).all()  # columns 60-66 of every row are wrong
+    # This photo's noise makes edges of about 0.03, its colour edge about 0.3: merge below 0.1.
+    for refine in (EdgeRegionVote(prob_weight=0.25, threshold=0.1), EdgeRegionVote(prob_weight=0, threshold=0.1),
+                   EdgeRegionVote(detector="canny", prob_weight=0, threshold=0.1)):
+        wrong = (refine(image, probs) != truth).sum(1)
+        assert wrong.mean() < 0.5 and wrong.max() <= 3, (refine.detector, refine.prob_weight, wrong)  # was 7
+    # It is the merging that restores it: the 600 unmerged watershed regions are small enough to lie
+    # inside the blur, and vote as the network did; merged across weak edges, a handful of regions remain.
+    unmerged = EdgeRegionVote(prob_weight=0.25, threshold=0)
+    assert (unmerged(image, probs) != truth).sum(1).mean() > 5
+    edges = unmerged.edge_map(image, probs)
+    merged = EdgeRegionVote(prob_weight=0.25, threshold=0.1)
+    assert unmerged.regions(image, edges).max() + 1 > 100 and merged.regions(image, edges).max() + 1 <= 6
+    with pytest.raises(ValueError, match="detector must be sobel or canny"):
+        EdgeRegionVote(detector="laplace")
 
 
 def test_crf_batch_equals_one_by_one():
@@ -140,10 +173,11 @@ def test_eval_and_test_end_callback_report_refinements_side_by_side(train_cfg, t
 
     _, results = train(train_cfg("callbacks=refine", "task=person"))
     report = results["refinements"]
-    assert set(report) == {"none", "cleanup", "crf", "superpixel", "network_ms_per_image"}
-    # The unrefined row is the test score itself.
+    assert set(report) == {"none", "cleanup", "crf", "superpixel", "edges", "network_ms_per_image"}
+    # The unrefined row is the test score itself, Boundary IoU included.
     assert abs(report["none"]["miou"] - results["test"]["miou"]) < 1e-9
-    for method in ("cleanup", "crf", "superpixel"):
+    assert report["none"]["boundary_iou"] == pytest.approx(results["test"]["boundary_iou"], abs=1e-9)
+    for method in ("cleanup", "crf", "superpixel", "edges"):
         cm = np.array(report[method]["confusion"], dtype=np.float64)
         assert cm.sum() == sum(sum(row) for row in results["test_confusion"])  # every test pixel, once
         union = cm.sum(0) + cm.sum(1) - np.diag(cm)
@@ -152,11 +186,16 @@ def test_eval_and_test_end_callback_report_refinements_side_by_side(train_cfg, t
     ckpt = results["best_checkpoint"]
     out = tmp_path / "eval"
     cfg = compose_cfg("eval", [f"ckpt_path={ckpt}", f"data.root={data_root}", f"paths.output_dir={out}",
-                               "trainer.precision=32-true", "postprocess=[none,crf]", "postprocess.crf.iterations=2"])
+                               "trainer.precision=32-true", "postprocess=[none,crf,edges]",
+                               "postprocess.crf.iterations=2"])
     res = evaluate(cfg)
-    assert set(res["refinements"]) == {"none", "crf", "network_ms_per_image"}
-    assert "| crf |" in (out / "refinements.md").read_text()
-    assert json.loads((out / "eval_results.json").read_text())["refinements"]["none"]["miou"] == res["scores"]["miou"]
+    assert set(res["refinements"]) == {"none", "crf", "edges", "network_ms_per_image"}
+    assert "| crf |" in (out / "refinements.md").read_text() and "| edges |" in (out / "refinements.md").read_text()
+    written = json.loads((out / "eval_results.json").read_text())
+    assert written["refinements"]["none"]["miou"] == res["scores"]["miou"]
+    assert written["refinements"]["none"]["boundary_iou"] == pytest.approx(written["scores"]["boundary_iou"])
+    assert 0 <= written["refinements"]["edges"]["boundary_iou"] <= 1
+    assert {"boundary_iou", "boundary_iou_person"} <= set(written["scores"])
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException, match="nope"):

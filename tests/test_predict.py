@@ -118,3 +118,30 @@ def test_overlay_draws_void_ground_truth_in_grey():
     label = np.array([[0, 1, 255, 255]] * 4, np.uint8)  # a ground-truth map with the ignore label
     out = np.asarray(overlay(photo, label, np.array([[0, 0, 0], [200, 0, 0]]), ["background", "a"], 1.0, False))
     assert (out[:, 2:] == VOID_COLOUR).all() and (out[:, 1] == [200, 0, 0]).all() and (out[:, 0] == 0).all()
+
+
+def test_overlay_draws_class_boundaries_as_thin_lines_on_request(person_ckpt, tmp_path):
+    from fashionseg.io import BOUNDARY_COLOUR, class_boundaries, overlay
+
+    photo = np.full((6, 8, 3), 90, np.uint8)
+    label = np.zeros((6, 8), np.uint8)
+    label[:, 3:6] = 1  # background | person | other class
+    label[:, 6:] = 2
+    palette, names = np.array([[0, 0, 0], [200, 0, 0], [0, 0, 200]]), ["background", "a", "b"]
+    plain = np.asarray(overlay(photo, label, palette, names, 0.5, legend=False))
+    lined = np.asarray(overlay(photo, label, palette, names, 0.5, legend=False, boundaries=True))
+    # Column 3 (class a's side of its edge with the background) and columns 5 and 6 (both sides of a|b).
+    on_line = (lined == BOUNDARY_COLOUR).all(2)
+    assert on_line.any(0).tolist() == [False, False, False, True, False, True, True, False] and on_line[:, 3].all()
+    assert (lined[~on_line] == plain[~on_line]).all()
+    # predict.py boundaries=true: the same overlay with the lines.
+    photo = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(photo)
+    stripes = ["~postprocess.none", "+postprocess.stripes._target_=helpers.Stripes"]  # labels with edges
+    predict(predict_cfg(person_ckpt, photo, tmp_path / "a", *stripes))
+    predict(predict_cfg(person_ckpt, photo, tmp_path / "b", *stripes, "boundaries=true"))
+    lines = class_boundaries(np.array(Image.open(tmp_path / "b" / f"{photo.stem}_label.png")))
+    with_lines, without = (np.array(Image.open(tmp_path / d / f"{photo.stem}_overlay.png"))[:, : lines.shape[1]]
+                           for d in ("b", "a"))
+    assert lines.any() and (with_lines[lines] == BOUNDARY_COLOUR).all()
+    assert (with_lines[~lines] == without[~lines]).all()

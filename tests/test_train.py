@@ -18,7 +18,7 @@ from fashionseg import ConfigError, DataError
 from fashionseg.checkpoint import load_checkpoint
 from fashionseg.evaluate import checkpoint_datamodule, evaluate
 from fashionseg.inference import Predictor
-from fashionseg.metrics import scores as metric_scores
+from fashionseg.metrics import SplitMetrics
 from fashionseg.module import SegmentationModule
 from fashionseg.train import train
 
@@ -32,7 +32,8 @@ def test_fast_dev_run(train_cfg, model, task):
     cfg = train_cfg(f"task={task}", "debug=fast_dev_run", *SMALL[model], model=model)
     _, results = train(cfg)
     k = cfg.task.num_classes
-    assert set(results["test"]) == {"miou", "pixel_acc", *(f"iou_{c}" for c in cfg.task.class_names)}
+    assert set(results["test"]) == {"miou", "pixel_acc", "boundary_iou",
+                                    *(f"{m}_{c}" for m in ("iou", "boundary_iou") for c in cfg.task.class_names)}
     cm = np.array(results["test_confusion"], dtype=np.float64)
     assert cm.shape == (k, k)
     # The scores are those of the confusion matrix: pixel accuracy, and IoU per class present.
@@ -53,7 +54,9 @@ def test_full_run_writes_results_and_eval_reproduces_them(train_cfg, tmp_path, d
     assert json.loads((out / "results.json").read_text())["test"] == results["test"]
     weights = results["config"]["loss"]["weights"]  # `auto` resolved from the training split
     assert isinstance(weights, list) and len(weights) == 7 and weights[0] < 1.0
-    assert (out / "csv" / "metrics.csv").read_text().count("val/miou") >= 1
+    logged = (out / "csv" / "metrics.csv").read_text()
+    assert logged.count("val/miou") >= 1 and "val/boundary_iou" in logged and "test/boundary_iou_skin" in logged
+    assert 0 < results["test"]["boundary_iou"] < 1 and "boundary_iou_dress" in results["test"]
 
     # eval.py on the best checkpoint gives the same test scores as the end of training.
     eval_cfg = compose_cfg("eval", [f"ckpt_path={results['best_checkpoint']}", "task=fashion",
@@ -66,9 +69,10 @@ def test_full_run_writes_results_and_eval_reproduces_them(train_cfg, tmp_path, d
     predictor = Predictor.from_checkpoint(results["best_checkpoint"])
     test_set = checkpoint_datamodule(load_checkpoint(results["best_checkpoint"]), str(data_root)).datasets["test"]
     photos, labels = zip(*test_set.arrays)
-    confusion = sum(torch.bincount(torch.from_numpy(true.astype(np.int64) * 7 + pred).ravel(), minlength=49)
-                    for pred, true in zip(predictor(list(photos)), labels)).reshape(7, 7)
-    assert metric_scores(confusion, predictor.class_names) == pytest.approx(scores, abs=1e-6)
+    metrics = SplitMetrics(predictor.class_names)
+    for pred, true in zip(predictor(list(photos)), labels):
+        metrics.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(true.astype(np.int64)))
+    assert metrics.compute()[1] == pytest.approx(scores, abs=1e-6, nan_ok=True)
 
 
 def test_model_learns_the_synthetic_task(train_cfg):
@@ -162,12 +166,12 @@ def own_numbering_root(tmp_path_factory, data_root):
 OWN_NUMBERING = ["data.label_map={3:0,13:1,23:2,33:3,43:4,53:5,63:6}", "data.unmapped=ignore"]
 
 
-@pytest.mark.parametrize("loss", ["ce", "wce", "dice", "focal", "lovasz", "ce_dice", "ce_lovasz"])
+@pytest.mark.parametrize("loss", ["ce", "wce", "dice", "focal", "lovasz", "ce_dice", "ce_lovasz", "ce_boundary"])
 def test_a_set_with_its_own_numbering_and_void_trains_with_every_loss(train_cfg, own_numbering_root, loss):
     root, void = own_numbering_root
     cfg = train_cfg(f"data.root={root}", *OWN_NUMBERING, f"loss={loss}", "debug=fast_dev_run", model="u2netp")
     _, results = train(cfg)
-    assert math.isfinite(results["test"]["miou"])
+    assert math.isfinite(results["test"]["miou"]) and 0 <= results["test"]["boundary_iou"] <= 1
     # fast_dev_run tests the first batch of the test split: its pixels, less the void ones, each once.
     batch = results["split"]["test"][: cfg.data.eval_batch_size]
     assert sum(map(sum, results["test_confusion"])) == len(batch) * 96 * 64 - sum(void[i] for i in batch)

@@ -88,14 +88,14 @@ class PredictionImages(L.Callback):
         if trainer.sanity_checking or not self._targets(trainer) or \
                 not ((epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == trainer.max_epochs):
             return
-        confusion = module.val_metrics.compute()
+        confusion = module.val_metrics.confusion.compute()
         if trainer.is_global_zero:
             self._log(trainer, module, "val", "val", confusion)
 
     def on_test_epoch_end(self, trainer: L.Trainer, module) -> None:
         if not self._targets(trainer):
             return
-        confusion = module.test_metrics.compute()
+        confusion = module.test_metrics.confusion.compute()
         if trainer.is_global_zero:
             self._log(trainer, module, "test", "test", confusion)
 

@@ -16,11 +16,11 @@ log = logging.getLogger(__name__)
 class RefinementReport(L.Callback):
     """At test end: every refinement of ``methods`` on the test split's probabilities.
 
-    The report lands in ``module.refinement_report`` (train.py writes it to results.json), each
-    method's mIoU and ms per image in the loggers (``test_refined/<method>/miou``), and the table in the log.
+    The report lands in ``module.refinement_report`` (train.py writes it to results.json), each method's
+    mIoU, Boundary IoU and ms per image in the loggers (``test_refined/<method>/miou``), the table in the log.
     """
 
-    def __init__(self, methods: Sequence[str] = ("none", "cleanup", "crf", "superpixel"), batch_size: int = 8,
+    def __init__(self, methods: Sequence[str] = ("none", "cleanup", "crf", "superpixel", "edges"), batch_size: int = 8,
                  params: dict | None = None):
         self.methods, self.batch_size, self.params = list(methods), batch_size, dict(params or {})
 
@@ -36,4 +36,4 @@ class RefinementReport(L.Callback):
         log.info("Refinements on the test split (network: %.1f ms/image):\n%s", report["network_ms_per_image"], table)
         for lg in trainer.loggers:
             lg.log_metrics({f"test_refined/{m}/{k}": report[m][k] for m in self.methods
-                            for k in ("miou", "pixel_acc", "ms_per_image")}, step=trainer.global_step)
+                            for k in ("miou", "boundary_iou", "pixel_acc", "ms_per_image")}, step=trainer.global_step)

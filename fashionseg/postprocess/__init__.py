@@ -8,6 +8,8 @@ Every refinement is a callable ``f(image, probs) -> label`` with ``image`` (H, W
 from fashionseg.postprocess.base import Identity, Refinement, check_inputs
 from fashionseg.postprocess.cleanup import SmallRegionCleanup
 from fashionseg.postprocess.crf import DenseCRF
+from fashionseg.postprocess.edges import EdgeRegionVote
 from fashionseg.postprocess.superpixel import SuperpixelVote
 
-__all__ = ["DenseCRF", "Identity", "Refinement", "SmallRegionCleanup", "SuperpixelVote", "check_inputs"]
+__all__ = ["DenseCRF", "EdgeRegionVote", "Identity", "Refinement", "SmallRegionCleanup", "SuperpixelVote",
+           "check_inputs"]

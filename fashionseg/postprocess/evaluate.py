@@ -1,4 +1,4 @@
-"""Score refinements side by side on a split: mIoU, pixel accuracy, per-class IoU and ms per image of each."""
+"""Score refinements side by side on a split: mIoU, Boundary IoU, pixel accuracy, per-class IoU and ms per image."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import torch
 from omegaconf import OmegaConf
 
 from fashionseg.config import compose_config
-from fashionseg.metrics import SegmentationMetrics, scores
 from fashionseg.postprocess.base import Refinement
 
 
@@ -49,10 +48,7 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
     ``"network_ms_per_image"``. The first batch is a warm-up, not timed (one-off costs such as the
     CRF's torch.compile), where there is more than one batch.
     """
-    names = list(module.class_names)
-    k = len(names)
-    ignore_index = module.hparams.get("ignore_index")  # void pixels are scored by no refinement either
-    metrics = {name: SegmentationMetrics(k, ignore_index=ignore_index) for name in refinements}
+    metrics = {name: module.split_metrics() for name in refinements}  # void pixels: scored by none either
     seconds, timed = dict.fromkeys(refinements, 0.0), 0
     network_s, device = 0.0, module.device
     module.eval()
@@ -85,21 +81,21 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
                 pred = torch.as_tensor(np.asarray(pred), dtype=torch.int64)
                 metrics[name].update(pred, torch.from_numpy(true).long())
     n = len(dataset)
-    cms = {name: metric.compute() for name, metric in metrics.items()}
-    report = {name: {**scores(cms[name], names), "ms_per_image": 1000 * seconds[name] / timed,
-                     "confusion": cms[name].tolist()} for name in refinements}
+    computed = {name: metric.compute() for name, metric in metrics.items()}
+    report = {name: {**computed[name][1], "ms_per_image": 1000 * seconds[name] / timed,
+                     "confusion": computed[name][0].tolist()} for name in refinements}
     report["network_ms_per_image"] = 1000 * network_s / n
     return report
 
 
 def refinement_table(report: Mapping, class_names: Sequence[str]) -> str:
-    """Markdown table, one row per refinement: mIoU, pixel accuracy, per-class IoU, ms per image."""
-    header = ["refinement", "mIoU", "pixel acc", *class_names, "ms/image"]
+    """Markdown table, one row per refinement: mIoU, Boundary IoU, pixel accuracy, per-class IoU, ms per image."""
+    header = ["refinement", "mIoU", "boundary IoU", "pixel acc", *class_names, "ms/image"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, s in report.items():
         if not isinstance(s, Mapping):
             continue
-        cells = [name, f"{100 * s['miou']:.2f}", f"{100 * s['pixel_acc']:.2f}",
+        cells = [name, f"{100 * s['miou']:.2f}", f"{100 * s['boundary_iou']:.2f}", f"{100 * s['pixel_acc']:.2f}",
                  *[f"{100 * s[f'iou_{c}']:.1f}" for c in class_names], f"{s['ms_per_image']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
