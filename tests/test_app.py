@@ -203,10 +203,12 @@ def test_browser_upload_shows_overlay_and_error(page, tmp_path):
     assert page.is_visible("#cutout")
     page.eval_on_selector("#opacity", "el => { el.value = 80; el.dispatchEvent(new Event('input')); }")
     assert page.eval_on_selector("#mask", "img => img.style.opacity") == "0.8"
-    # Class boundaries: off by default, a click shows the lines over the photo and in the flat overlay.
+    # Class boundaries: off by default, the box shows and hides the line layer over the photo.
     assert page.is_hidden("#edges") and page.eval_on_selector("#edges", "img => img.naturalHeight") == 600
     page.check("#show-boundaries")
-    assert page.is_visible("#edges") and page.get_attribute("#overlay", "src") != overlay_src
+    assert page.is_visible("#edges")
+    page.uncheck("#show-boundaries")
+    assert page.is_hidden("#edges")
     # At 1280x900 the result stands beside the controls, and the photo and cut-out fit above the fold.
     controls, result = page.locator("#controls").bounding_box(), page.locator("#result").bounding_box()
     assert result["x"] >= controls["x"] + controls["width"] and result["y"] < controls["y"] + 50

@@ -110,14 +110,15 @@ def test_offline_imagenet_download_says_what_to_do():
 
 MODEL_CONFIGS = sorted(p.name.removesuffix(".yaml") for p in resources.files("fashionseg.conf").joinpath("model")
                        .iterdir() if p.name.endswith(".yaml") and p.name != "smp.yaml")
+TRAINED_ELSEWHERE = {"u2net", "u2netp", "deeplabv3", "deeplabv3plus"}  # test_train.py::test_fast_dev_run
 
 
-@pytest.mark.parametrize("name", MODEL_CONFIGS)
+@pytest.mark.parametrize("name", sorted(set(MODEL_CONFIGS) - TRAINED_ELSEWHERE))
 def test_every_model_config_composes_and_trains_one_step(name):
     cfg = compose_cfg("train", [f"model={name}"])  # built without pretrained weights below
     module = SegmentationModule.from_config(cfg, pretrained=False)
     optimizer = module.configure_optimizers()["optimizer"]
-    h, w = 128, 192  # PAN's pyramid pooling needs at least 128 pixels
+    h, w = (128, 128) if name == "pan" else (64, 96)  # PAN's pyramid pooling needs at least 128 pixels
     images = torch.randint(0, 255, (2, 3, h, w), dtype=torch.uint8)
     target = torch.randint(0, cfg.task.num_classes, (2, h, w))
     before = [p.detach().clone() for p in module.parameters()]
