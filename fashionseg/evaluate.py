@@ -50,7 +50,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """Score ``cfg.ckpt_path`` on ``cfg.split``; the network, task and input size come from the checkpoint."""
     out_dir = check_writable(cfg.paths.output_dir)
     module = load_checkpoint(cfg.ckpt_path, tta_hflip=cfg.tta_hflip,
-                             boundary_dilation=cfg.get("boundary_dilation", 0.02))
+                             boundary_dilation=cfg.boundary_dilation)
     train_cfg = OmegaConf.create(module.hparams.config)
     asked = cfg.get("task", {}).get("name") if cfg.get("task") else None
     if asked is not None and asked != train_cfg.task.name:

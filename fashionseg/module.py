@@ -90,8 +90,7 @@ class SegmentationModule(L.LightningModule):
 
     def split_metrics(self) -> SplitMetrics:
         """A split's metrics (confusion matrix and Boundary IoU) for this module's classes and ignore label."""
-        return SplitMetrics(self.class_names, self.hparams.get("ignore_index"),
-                            self.hparams.get("boundary_dilation", 0.02))
+        return SplitMetrics(self.class_names, self.hparams.ignore_index, self.hparams.boundary_dilation)
 
     def forward(self, images: torch.Tensor) -> dict:
         return self.net(images)

@@ -89,7 +89,7 @@ def predict(cfg: DictConfig) -> dict:
             for path, photo, probs in zip(names, images, predictor.probabilities(images)):
                 label = refine(photo, probs)
                 written.append(write_outputs(predictor, photo, probs, label, out_dir, path.stem, cfg.opacity,
-                                             cfg.get("boundaries", False)))
+                                             cfg.boundaries))
                 bar.update(1)
     log.info("Labelled %d of %d photos into %s", len(written), len(photos), out_dir)
     return {"photos": len(photos), "written": [[str(p) for p in w] for w in written], "failed": failed,

@@ -48,7 +48,8 @@ def scan_dataset(root: str | Path, images: str = "images/{id}.jpg", labels: str 
         raise DataError(f"No images matching {images} in {root}. {help}".rstrip())
     samples = [Sample(i, root / images.format(id=i), root / labels.format(id=i)) for i in image_ids]
     missing = [str(s.label) for s in samples if not s.label.is_file()]
-    orphans = [str(root / images.format(id=i)) for i in _ids(root, labels) if i not in set(image_ids)]
+    known = set(image_ids)
+    orphans = [str(root / images.format(id=i)) for i in _ids(root, labels) if i not in known]
     if orphans:
         raise DataError(
             f"{len(orphans)} image(s) missing for label maps in {labels_dir}: {_listing(orphans)}. "
