@@ -40,6 +40,7 @@ REFINEMENTS = {  # name shown -> conf/postprocess/<name>.yaml
 HOW_TO_TRAIN = ("No trained {task} model is configured. Train one with `python train.py experiment={recipe}`, then "
                 "start the demo with `python app.py checkpoints.{task}=outputs/<run>/checkpoints/<best>.ckpt`.")
 RECIPES = {"person": "fast_person", "fashion": "best_fashion"}
+JOINT = "joint"  # checkpoints.joint: one network with a head per task
 
 
 def data_url(im: Image.Image, format: str = "PNG", **options) -> str:
@@ -134,29 +135,39 @@ class BodyLimit:
 
 
 def load_predictors(checkpoints: dict[str, str | None], **kwargs) -> dict[str, Predictor]:
-    """One Predictor per task with a checkpoint, each checked now: readable, and trained for that task."""
-    predictors = {}
-    for task, path in checkpoints.items():
+    """One Predictor per task with a checkpoint, each checked now: readable, and trained for that task.
+
+    ``checkpoints.joint`` (a task=joint network) serves every task of its heads from one network, one
+    forward pass per photo; a joint checkpoint given for one task serves that task's head.
+    """
+    predictors, sources = {}, {}
+    for key, path in checkpoints.items():
         if not path:
             continue
-        if task not in RECIPES:
-            raise ConfigError(f"checkpoints.{task}: unknown task; the demo serves {sorted(RECIPES)}.")
+        if key not in (*RECIPES, JOINT):
+            raise ConfigError(f"checkpoints.{key}: unknown task; the demo serves {sorted(RECIPES)} (or {JOINT}: "
+                              "a network with a head for each).")
         if not Path(path).is_file():
-            raise ConfigError(f"checkpoints.{task}={path} does not exist; give a .ckpt written by train.py.")
+            raise ConfigError(f"checkpoints.{key}={path} does not exist; give a .ckpt written by train.py.")
         predictor = Predictor.from_checkpoint(path, **kwargs)  # ConfigError naming the file if unreadable
-        if predictor.task != task:
-            raise ConfigError(
-                f"checkpoints.{task}={path} was trained for task={predictor.task} (classes "
-                f"{', '.join(predictor.class_names)}); give it as checkpoints.{predictor.task}=..., or give a "
-                f"{task} checkpoint."
-            )
-        predictors[task] = predictor
+        heads = [h.name for h in predictor.heads]
+        tasks = [h for h in heads if h in RECIPES] if key == JOINT else [key]
+        if (key == JOINT and len(heads) < 2) or (key != JOINT and key not in heads):
+            trained = f"task={predictor.task} (classes {', '.join(predictor.class_names)})"
+            raise ConfigError(f"checkpoints.{key}={path} was trained for {trained}; give it as "
+                              f"checkpoints.{predictor.task}=..., or give a {key} checkpoint.")
+        for task in tasks:
+            if task in predictors:
+                raise ConfigError(f"Two checkpoints for task {task}: checkpoints.{sources[task]} and checkpoints.{key}"
+                                  f"={path}; give one.")
+            predictors[task], sources[task] = predictor.view(task), key
     return predictors
 
 
 def create_app(checkpoints: dict[str, str | None], max_upload_mb: float = 10.0, max_pixels: int = 25_000_000,
                device: str = "cpu", bf16: bool = False) -> FastAPI:
-    """The demo server. ``checkpoints`` maps task name (person, fashion) to a checkpoint path or None.
+    """The demo server. ``checkpoints`` maps task name (person, fashion, or joint for a network with both
+    heads) to a checkpoint path or None.
 
     Raises ``ConfigError`` naming the file when a checkpoint cannot be read or was trained for another task.
     """

@@ -38,18 +38,18 @@ def default_data_dir() -> str:
     return str(compose_config("train").paths.data_dir)
 
 
-def _loss_weight_lists(node) -> list:
-    """Every ``weights`` list given to a CrossEntropy inside the loss config (nested ones too)."""
+def _loss_weights(node) -> list:
+    """Every non-null ``weights`` (a list, or ``auto``) given to a CrossEntropy inside the loss config."""
     found = []
     if isinstance(node, DictConfig):
-        if str(node.get("_target_", "")).endswith("CrossEntropy") and OmegaConf.is_list(node.get("weights")):
-            found.append(list(node.weights))
+        if str(node.get("_target_", "")).endswith("CrossEntropy") and node.get("weights") is not None:
+            found.append(list(node.weights) if OmegaConf.is_list(node.weights) else node.weights)
         for key in node:
             if key != "weights":
-                found += _loss_weight_lists(node[key])
+                found += _loss_weights(node[key])
     elif OmegaConf.is_list(node):
         for item in node:
-            found += _loss_weight_lists(item)
+            found += _loss_weights(item)
     return found
 
 
@@ -73,16 +73,36 @@ def check_types(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} must be {what}, got {type(value).__name__}.")
 
 
+def check_heads(cfg: DictConfig) -> None:
+    """A task with several heads (task=joint): its label kinds and class counts follow its heads, and it
+    trains on one set without class weights."""
+    heads = cfg.task.heads
+    expected = {"label": [h.label for h in heads.values()], "num_classes": [h.num_classes for h in heads.values()]}
+    for key, value in expected.items():
+        if list(cfg.task[key]) != value:
+            raise ConfigError(f"task.{key}={list(cfg.task[key])} must list the heads' own, {value}, in head order.")
+    if _loss_weights(cfg.loss):
+        raise ConfigError(f"task={cfg.task.name} has several heads and takes no class weights (loss.weights); "
+                          "use a loss without weights (loss=ce, ce_dice, ce_boundary, lovasz, ...).")
+    if "sets" in cfg.data:
+        raise ConfigError(f"task={cfg.task.name} trains on one set; data.sets is for single-head tasks.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail fast, with one clear message, on values that would break a run later."""
     check_types(cfg)
+    heads = cfg.task.get("heads")
+    for key, task in [(f"task.heads.{n}", h) for n, h in heads.items()] if heads else [("task", cfg.task)]:
+        if len(task.class_names) != task.num_classes:
+            raise ConfigError(f"{key}.class_names has {len(task.class_names)} names but {key}.num_classes="
+                              f"{task.num_classes}.")
+    if heads:
+        check_heads(cfg)
     k = cfg.task.num_classes
-    if len(cfg.task.class_names) != k:
-        raise ConfigError(f"task.class_names has {len(cfg.task.class_names)} names but task.num_classes={k}.")
     lr = cfg.optimizer.get("lr")
     if lr is not None and not lr > 0:
         raise ConfigError(f"optimizer.lr must be > 0, got {lr}.")
-    for weights in _loss_weight_lists(cfg.loss):
+    for weights in [] if heads else [w for w in _loss_weights(cfg.loss) if isinstance(w, list)]:
         if len(weights) != k:
             raise ConfigError(
                 f"loss.weights has {len(weights)} values {weights} but task={cfg.task.name} has {k} classes "

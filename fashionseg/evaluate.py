@@ -16,7 +16,8 @@ from fashionseg.config import check_writable
 from fashionseg.data import primary_data_config
 from fashionseg.data.datamodule import ALL, SUBSETS
 from fashionseg.memory import keep_freed_memory
-from fashionseg.postprocess.evaluate import evaluate_refinements, refinement_table
+from fashionseg.metrics import confusion_lists
+from fashionseg.postprocess.evaluate import module_refinements, refinement_tables
 
 SPLITS = (ALL, *SUBSETS)
 
@@ -79,19 +80,19 @@ def evaluate(cfg: DictConfig) -> dict:
     results = {
         "checkpoint": str(cfg.ckpt_path), "task": train_cfg.task.name, "model": train_cfg.model.name,
         "split": cfg.split, "images": len(loader.dataset), "scores": module.test_scores,
-        "confusion": module.test_confusion.tolist(), "ms_per_image": round(1000 * seconds / len(loader.dataset), 1),
+        "confusion": confusion_lists(module.test_confusion),
+        "ms_per_image": round(1000 * seconds / len(loader.dataset), 1),
     }
     if cfg.get("postprocess"):
         keep_freed_memory()  # a batch job: the CRF's large buffers are reused, not page-faulted in
         refinements = {name: hydra.utils.instantiate(c) for name, c in cfg.postprocess.items()}
         dataset = loader.dataset
-        report = evaluate_refinements(module, dataset, refinements, cfg.data.batch_size,
-                                      trainer.precision_plugin.test_step_context)
-        results["refinements"] = report
-        table = refinement_table(report, module.class_names)
+        results["refinements"], per_head = module_refinements(module, dataset, refinements, cfg.data.batch_size,
+                                                               trainer.precision_plugin.test_step_context)
+        table = refinement_tables(module, per_head)
         (out_dir / "refinements.md").write_text(table + "\n")
         log.info("Refinements on the %s split (network: %.1f ms/image):\n%s", cfg.split,
-                 report["network_ms_per_image"], table)
+                 next(iter(per_head.values()))["network_ms_per_image"], table)
         print(table)
     (out_dir / "eval_results.json").write_text(json.dumps(results, indent=1))
     log.info("%s split scores: %s", cfg.split, json.dumps(module.test_scores))

@@ -77,10 +77,10 @@ def check_and_time(net: nn.Module, runner: OnnxRunner, images: list[np.ndarray],
         diff = max(diff, float((torch_pred._logits(batch) - onnx_pred._logits(batch)).abs().max()))
 
     def ms(pred: Predictor) -> float:
-        pred([images[0]])  # warm-up
+        pred.label_maps([images[0]])  # warm-up
         start = time.perf_counter()
         for image in images:
-            pred([image])
+            pred.label_maps([image])  # every head's label map (a joint network has two)
         return 1000 * (time.perf_counter() - start) / len(images)
 
     return {"max_abs_diff": diff, "torch_ms": ms(torch_pred), "onnxruntime_ms": ms(onnx_pred), "photos": len(images)}
@@ -95,6 +95,7 @@ def export(cfg) -> dict:
     from fashionseg import ConfigError
     from fashionseg.checkpoint import load_checkpoint
     from fashionseg.data import primary_data_config
+    from fashionseg.heads import task_heads
     from fashionseg.io import list_photos, read_photo
 
     if cfg.format != "onnx":
@@ -110,8 +111,9 @@ def export(cfg) -> dict:
     if not photos:
         raise ConfigError(f"No photos to check the export on in {cfg.check_photos}; set check_photos=<folder>.")
     images = [read_photo(p) for p in photos]
-    kwargs = dict(class_names=list(train_cfg.task.class_names), image_size=data.image_size,
-                  size_multiple=data.get("size_multiple", 32))
+    heads = task_heads(train_cfg.task)
+    kwargs = dict(class_names=[c for h in heads for c in h.class_names], image_size=data.image_size,
+                  size_multiple=data.get("size_multiple", 32), heads=heads)
     report = {"onnx": str(out), "input_hw": size, **check_and_time(module.net, OnnxRunner(out), images, kwargs)}
     print(f"ONNX written to {out}\n"
           f"max |logits(torch) - logits(onnxruntime)| on {report['photos']} photos: {report['max_abs_diff']:.2e}\n"

@@ -10,6 +10,8 @@ are cropped to the photo, resized back to the photo's size and turned into class
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,7 +21,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+from fashionseg import ConfigError
 from fashionseg.data.transforms import EvalTransform
+from fashionseg.heads import Head, task_heads
 from fashionseg.metrics import labels_from_scores
 
 # A runner maps a uint8 batch (B, 3, H, W) to float logits (B, K, H, W): the eager network or ONNX Runtime.
@@ -29,9 +33,15 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 class Predictor:
     """Photos (H, W, 3) uint8 RGB -> class probabilities / label maps of the same H, W.
 
+    A joint network (task=joint) has one head per task: ``from_checkpoint`` gives a Predictor of all its
+    output channels with ``heads``, whose ``split`` cuts one forward pass's logits per task, and
+    ``view(task)`` a Predictor of that task's channels alone (sharing the network).
+
     Args:
         net: network returning ``{"out": logits}`` (or a ``Runner`` returning logits).
         class_names: K names; ``palette``: K RGB colours for overlays.
+        heads: the network's heads (``fashionseg.heads.Head``), for a joint network; default: one head,
+            ``class_names``.
         image_size: network input (H, W), or None to pad each photo to ``size_multiple``.
         channels_last: run the network in channels-last memory format (faster on CPU).
         bf16: bfloat16 autocast (CPU with AVX512_BF16, or CUDA).
@@ -45,8 +55,10 @@ class Predictor:
     def __init__(self, net: nn.Module | Runner, class_names: Sequence[str], image_size: Sequence[int] | None,
                  size_multiple: int = 32, palette: Sequence[Sequence[int]] | None = None, task: str = "",
                  channels_last: bool = False, bf16: bool = False, tta_hflip: bool = False, compile: bool = False,
-                 device: str = "cpu"):
+                 device: str = "cpu", heads: Sequence[Head] | None = None):
         self.class_names, self.task = list(class_names), task
+        self.heads = list(heads) if heads else [Head(task, tuple(self.class_names), 0, None)]
+        self.channels: slice | None = None  # a view's head: the network's output channels kept
         self.palette = np.asarray(palette if palette is not None else default_palette(len(self.class_names)), np.uint8)
         self.image_size = list(image_size) if image_size is not None else None
         self.transform = EvalTransform(self.image_size, size_multiple)
@@ -69,8 +81,28 @@ class Predictor:
         module = load_checkpoint(path)
         cfg = OmegaConf.create(module.hparams.config)
         data = primary_data_config(cfg.data)
-        return cls(module.net, list(cfg.task.class_names), data.image_size, data.get("size_multiple", 32),
-                   palette=cfg.task.get("palette"), task=cfg.task.name, **kwargs)
+        heads = task_heads(cfg.task)
+        names = [c for h in heads for c in h.class_names]
+        palette = [c for h in heads for c in h.palette] if all(h.palette for h in heads) else None
+        return cls(module.net, names, data.image_size, data.get("size_multiple", 32), palette=palette,
+                   task=cfg.task.name, heads=heads, **kwargs)
+
+    def view(self, task: str) -> Predictor:
+        """A Predictor of one head of a joint network (its classes, palette and channels), sharing the network."""
+        head = next((h for h in self.heads if h.name == task), None)
+        if head is None:
+            raise ConfigError(f"This network has no {task!r} head; its heads are {[h.name for h in self.heads]}.")
+        if len(self.heads) == 1:
+            return self
+        view = copy.copy(self)
+        view.class_names, view.task, view.channels = list(head.class_names), head.name, head.channels
+        view.heads = [dataclasses.replace(head, start=0)]  # of the view's own, cut output
+        view.palette = np.asarray(head.palette or default_palette(head.num_classes), np.uint8)
+        return view
+
+    def split(self, scores: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One photo's logits (C, H, W) of every head, ``{task: (K_task, H, W)}``, in head order."""
+        return {h.name: scores[h.channels] for h in self.heads}
 
     @property
     def num_classes(self) -> int:
@@ -96,18 +128,31 @@ class Predictor:
         result: list[torch.Tensor | None] = [None] * len(items)
         for group in groups:
             batch = torch.stack([items[i]["image"] for i in group]).to(self.device)
-            logits = self._logits(batch).contiguous()  # channels-last logits make the resize slower
+            logits = self._logits(batch)
+            if self.channels is not None:
+                logits = logits[:, self.channels]
+            logits = logits.contiguous()  # channels-last logits make the resize slower
             for j, i in enumerate(group):
                 result[i] = crop_and_resize(logits[j: j + 1], items[i]["valid_hw"], images[i].shape[:2])[0].cpu()
         return result
 
     def probabilities(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
-        """Softmax probabilities (K, H, W) float32 on the CPU, one per photo, at each photo's size."""
-        return [s.softmax(0) for s in self.scores(images)]
+        """Softmax probabilities (K, H, W) float32 on the CPU, one per photo, at each photo's size; a joint
+        network's heads each sum to one."""
+        return [torch.cat([p.softmax(0) for p in self.split(s).values()]) for s in self.scores(images)]
+
+    def label_maps(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Every head's label map (H, W) uint8 per photo, ``{task: label}``, from one pass of the network."""
+        return [{task: labels_from_scores(s, 0).to(torch.uint8).numpy() for task, s in self.split(scores).items()}
+                for scores in self.scores(images)]
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Label maps (H, W) uint8, one per photo (the arg-max of the logits: no softmax needed)."""
-        return [labels_from_scores(s, 0).to(torch.uint8).numpy() for s in self.scores(images)]
+        """Label maps (H, W) uint8, one per photo (the arg-max of the logits: no softmax needed). A joint
+        network has one per head: ``label_maps``, or ``view(task)``."""
+        if len(self.heads) > 1:
+            raise ConfigError(f"This network has heads {[h.name for h in self.heads]}: label maps come per head, "
+                              "predictor.label_maps(photos) or predictor.view(<task>)(photos).")
+        return [next(iter(maps.values())) for maps in self.label_maps(images)]
 
 
 def network_logits(net: nn.Module | Runner, images: torch.Tensor, tta_hflip: bool = False) -> torch.Tensor:

@@ -4,7 +4,7 @@ Boundary IoU, the same per class over the pixels near each region's contour."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -149,3 +149,10 @@ class SplitMetrics(nn.Module):
     def reset(self) -> None:
         self.confusion.reset()
         self.boundary.reset()
+
+
+def confusion_lists(confusion: torch.Tensor | Mapping[str, torch.Tensor]) -> list | dict[str, list]:
+    """A confusion matrix as nested lists for JSON; ``{task: matrix}`` (a joint network's) as ``{task: lists}``."""
+    if isinstance(confusion, Mapping):
+        return {name: c.tolist() for name, c in confusion.items()}
+    return confusion.tolist()

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric
 
+from fashionseg.heads import Head, head_targets, heads_from_names
 from fashionseg.inference import crop_and_resize, network_logits
 from fashionseg.metrics import SplitMetrics, labels_from_scores
 
@@ -23,7 +24,10 @@ class SegmentationModule(L.LightningModule):
         loss: ``f(logits, target) -> scalar``.
         optimizer: partial optimiser, called with the parameters.
         scheduler: partial LR scheduler (called with the optimiser) or None.
-        class_names: K names, in class-index order.
+        class_names: K names, in class-index order; or ``{task: names}`` for a network with one head per
+            task (task=joint), whose output channels follow that order. Its targets are then (B, tasks, H, W),
+            each head has its own loss (summed) and metrics, logged as ``<stage>/<task>/<metric>``; the
+            stage's ``miou`` and ``boundary_iou`` (model selection) are the means over the tasks.
         aux_weight: weight of each side output's loss (U2-Net's fusion loss: 1.0; 0 ignores them).
         scheduler_monitor: metric a plateau scheduler watches.
         tta_hflip: at evaluation, average logits of the photo and its mirror image.
@@ -33,21 +37,25 @@ class SegmentationModule(L.LightningModule):
     """
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None,
-                 class_names: Sequence[str], aux_weight: float = 0.0, scheduler_monitor: str = "val/loss",
-                 tta_hflip: bool = False, config: dict | None = None, ignore_index: int | None = None,
-                 boundary_dilation: float = 0.02):
+                 class_names: Sequence[str] | Mapping[str, Sequence[str]], aux_weight: float = 0.0,
+                 scheduler_monitor: str = "val/loss", tta_hflip: bool = False, config: dict | None = None,
+                 ignore_index: int | None = None, boundary_dilation: float = 0.02):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.class_names = list(class_names)
+        self.heads: list[Head] = heads_from_names(class_names)
+        self.joint = len(self.heads) > 1
+        self.class_names = list(self.heads[0].class_names)  # the one head's (joint: the first task's)
         self.val_metrics, self.test_metrics = self.split_metrics(), self.split_metrics()
         self.val_miou_best = MaxMetric()
         self.val_miou_best.persistent(True)  # part of the checkpoint: a resumed run keeps its best
         self.test_scores: dict[str, float] = {}
-        self.test_confusion: torch.Tensor | None = None
-        # Several sets (MultiSetDataModule): one confusion matrix per stage and set, made in setup().
-        self.set_metrics = nn.ModuleDict()
+        self.test_confusion: torch.Tensor | dict[str, torch.Tensor] | None = None
+        # Several sets (MultiSetDataModule): one confusion matrix per stage and set, made in setup();
+        # several heads: one per stage and head.
+        self.set_metrics = nn.ModuleDict({f"{stage}/{h.name}": self.split_metrics(h) for stage in ("val", "test")
+                                          for h in self.heads} if self.joint else {})
         self.eval_names: dict[str, list[str]] = {}
         self.test_scores_per_set: dict[str, dict[str, float]] = {}
 
@@ -73,12 +81,13 @@ class SegmentationModule(L.LightningModule):
             cfg.model.net.encoder_weights = None
         config = OmegaConf.to_container(cfg, resolve=True)
         config["loss"] = OmegaConf.to_container(loss_cfg, resolve=True)
+        heads = cfg.task.get("heads")
         kwargs = dict(
             net=hydra.utils.instantiate(cfg.model.net),
             loss=hydra.utils.instantiate(loss_cfg),
             optimizer=hydra.utils.instantiate(cfg.optimizer),
             scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-            class_names=list(cfg.task.class_names),
+            class_names={n: list(h.class_names) for n, h in heads.items()} if heads else list(cfg.task.class_names),
             aux_weight=cfg.model.get("aux_weight", 0.0),
             scheduler_monitor=cfg.get("scheduler_monitor", "val/loss"),
             tta_hflip=cfg.get("tta_hflip", False),
@@ -88,17 +97,31 @@ class SegmentationModule(L.LightningModule):
         )
         return cls(**{**kwargs, **overrides})
 
-    def split_metrics(self) -> SplitMetrics:
-        """A split's metrics (confusion matrix and Boundary IoU) for this module's classes and ignore label."""
-        return SplitMetrics(self.class_names, self.hparams.ignore_index, self.hparams.boundary_dilation)
+    def split_metrics(self, head: Head | None = None) -> SplitMetrics:
+        """A split's metrics (confusion matrix and Boundary IoU) for a head's classes (default: the first
+        head's) and this module's ignore label."""
+        names = (head or self.heads[0]).class_names
+        return SplitMetrics(names, self.hparams.ignore_index, self.hparams.boundary_dilation)
+
+    def head_metrics(self, stage: str) -> dict[Head, SplitMetrics]:
+        """A stage's (``val`` or ``test``) metrics of each head (one set)."""
+        if self.joint:
+            return {h: self.set_metrics[f"{stage}/{h.name}"] for h in self.heads}
+        return {self.heads[0]: self.val_metrics if stage == "val" else self.test_metrics}
 
     def forward(self, images: torch.Tensor) -> dict:
         return self.net(images)
 
+    def head_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of logits (B, C, H, W) against the targets: with several heads, the sum of each head's."""
+        if not self.joint:
+            return self.loss(logits, target)
+        return sum(self.loss(logits[:, h.channels], t) for h, t in zip(self.heads, head_targets(target, self.heads)))
+
     def compute_loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
-        loss = self.loss(out["out"], target)
+        loss = self.head_loss(out["out"], target)
         if self.hparams.aux_weight and out.get("aux"):
-            loss = loss + self.hparams.aux_weight * sum(self.loss(a, target) for a in out["aux"])
+            loss = loss + self.hparams.aux_weight * sum(self.head_loss(a, target) for a in out["aux"])
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -123,9 +146,15 @@ class SegmentationModule(L.LightningModule):
                     self.set_metrics[f"{subset}/{name}"] = self.split_metrics()
 
     def _eval_step(self, batch: dict, stage: str, dataloader_idx: int) -> None:
-        mask = batch["mask"]  # (B, H, W) at the label's native size
+        mask = batch["mask"]  # (B, H, W) at the label's native size; (B, tasks, H, W) for several heads
         logits = self.predict_logits(batch["image"], batch["valid_hw"], mask.shape[-2:])
-        loss, labels = self.loss(logits, mask), labels_from_scores(logits)
+        loss = self.head_loss(logits, mask)
+        if self.joint:
+            self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(mask), add_dataloader_idx=False)
+            for (head, metric), target in zip(self.head_metrics(stage).items(), head_targets(mask, self.heads)):
+                metric.update(labels_from_scores(logits[:, head.channels]), target)
+            return
+        labels = labels_from_scores(logits)
         names = self.eval_names.get(stage)
         if not names:
             self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(mask), add_dataloader_idx=False)
@@ -143,8 +172,19 @@ class SegmentationModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "test", dataloader_idx)
 
-    def _stage_scores(self, stage: str) -> tuple[torch.Tensor, dict[str, float]]:
-        """The stage's confusion matrix and scores (the selection set's with several sets); logs every set's."""
+    def _stage_scores(self, stage: str) -> tuple[torch.Tensor | dict[str, torch.Tensor], dict[str, float]]:
+        """The stage's confusion matrix and scores (the selection set's with several sets); logs every set's.
+        With several heads: ``{task: confusion}`` and every head's scores as ``<task>/<metric>``, with the
+        means over the tasks of mIoU, Boundary IoU and pixel accuracy as the stage's own."""
+        if self.joint:
+            per_head = {}
+            for head, metric in self.head_metrics(stage).items():
+                per_head[head.name] = metric.compute()
+                metric.reset()
+            scores = {f"{name}/{k}": v for name, (_, s) in per_head.items() for k, v in s.items()}
+            for key in ("miou", "boundary_iou", "pixel_acc"):
+                scores[key] = sum(s[key] for _, s in per_head.values()) / len(per_head)
+            return {name: confusion for name, (confusion, _) in per_head.items()}, scores
         names = self.eval_names.get(stage)
         if not names:
             metrics = self.val_metrics if stage == "val" else self.test_metrics
@@ -171,7 +211,7 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         confusion, self.test_scores = self._stage_scores("test")
-        self.test_confusion = confusion.cpu()
+        self.test_confusion = {k: c.cpu() for k, c in confusion.items()} if self.joint else confusion.cpu()
         self.log_dict({f"test/{k}": v for k, v in self.test_scores.items()}, add_dataloader_idx=False)
 
     def configure_optimizers(self) -> dict:

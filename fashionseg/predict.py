@@ -1,4 +1,5 @@
-"""Prediction on new photos: label map (palette PNG), overlay with legend and, for person, a cut-out."""
+"""Prediction on new photos: label map (palette PNG), overlay with legend and, for person, a cut-out.
+A joint network (task=joint) writes every task's, ``<photo>_<task>_label.png`` and so on, from one forward pass."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def predict(cfg: DictConfig) -> dict:
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=resolve_device(cfg.device), bf16=cfg.bf16,
                                           channels_last=cfg.channels_last, tta_hflip=cfg.tta_hflip,
                                           compile=cfg.compile)
+    heads = {h.name: predictor.view(h.name) for h in predictor.heads}
     refine: Refinement = single_refinement(cfg.get("postprocess"))
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,9 +89,13 @@ def predict(cfg: DictConfig) -> dict:
             if not images:
                 continue
             for path, photo, probs in zip(names, images, predictor.probabilities(images)):
-                label = refine(photo, probs)
-                written.append(write_outputs(predictor, photo, probs, label, out_dir, path.stem, cfg.opacity,
-                                             cfg.boundaries))
+                files = []
+                for task, task_probs in predictor.split(probs).items():  # a joint network: every task, one pass
+                    label = refine(photo, task_probs)
+                    files += write_outputs(heads[task], photo, task_probs, label, out_dir,
+                                           path.stem if len(heads) == 1 else f"{path.stem}_{task}", cfg.opacity,
+                                           cfg.boundaries)
+                written.append(files)
                 bar.update(1)
     log.info("Labelled %d of %d photos into %s", len(written), len(photos), out_dir)
     return {"photos": len(photos), "written": [[str(p) for p in w] for w in written], "failed": failed,

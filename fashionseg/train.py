@@ -21,6 +21,7 @@ from fashionseg.callbacks.checkpoint import reroot
 from fashionseg.config import check_writable, validate
 from fashionseg.data import FashionDataModule, MultiSetDataModule
 from fashionseg.losses import median_frequency_weights
+from fashionseg.metrics import confusion_lists
 from fashionseg.module import SegmentationModule
 from fashionseg.tracking import closes_trackers, configure_wandb
 
@@ -206,7 +207,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         "model": cfg.model.name,
         "val_miou_best": metrics.get("val/miou_best"),
         "test": module.test_scores,
-        "test_confusion": module.test_confusion.tolist() if module.test_confusion is not None else None,
+        "test_confusion": confusion_lists(module.test_confusion) if module.test_confusion is not None else None,
         "best_checkpoint": best,
         "epochs": trainer.current_epoch,
         "fit_time_s": round(fit_time, 1),

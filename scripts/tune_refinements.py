@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--refinements", nargs="+", default=["none", "cleanup", "crf", "superpixel", "edges"])
     p.add_argument("--grid", nargs="*", default=[], help="replace one parameter list: <refinement>.<param>=v1,v2")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--task", default=None, help="the head to tune of a joint (task=joint) network: person or fashion")
     p.add_argument("--out", default=None,
                    help="JSON path (default: tune_refinements.json next to the checkpoint's run)")
     args = p.parse_args(argv)
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
     grids = parse_grid(args.grid)
 
     module = load_checkpoint(args.ckpt, tta_hflip=args.tta)
+    heads = {h.name: h for h in module.heads}
+    if len(heads) > 1 and args.task not in heads:
+        raise SystemExit(f"{args.ckpt} is a joint network with heads {list(heads)}; choose one with --task.")
     cfg = OmegaConf.create(module.hparams.config)
     dataset = checkpoint_datamodule(module, args.data or default_data_dir(), limit=None).datasets["val"]
     variants, chosen_from = {}, {}
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(variants)} settings on the {len(dataset)} validation photos of {args.ckpt}", flush=True)
     bf16 = str(cfg.trainer.get("precision", "")).startswith("bf16")
     report = evaluate_refinements(module, dataset, variants, args.batch,
-                                  (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else None)
+                                  (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else None,
+                                  heads[args.task] if len(heads) > 1 else None)
 
     rows, best = [], {}
     for key, (name, params) in chosen_from.items():

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from fashionseg import ConfigError
 from fashionseg.config import validate
+from fashionseg.heads import task_heads
 
 MODELS = sorted(p.stem for p in Path(CONF, "model").glob("*.yaml") if p.stem != "smp")  # smp: needs model.net.arch
 TASKS = sorted(p.stem for p in Path(CONF, "task").glob("*.yaml"))
@@ -21,7 +22,7 @@ EXPERIMENTS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
 
 def test_groups_are_complete():
     assert {"u2net", "u2netp", "deeplabv3", "deeplabv3plus"} <= set(MODELS)
-    assert set(TASKS) == {"person", "fashion"}
+    assert set(TASKS) == {"person", "fashion", "joint"}
     assert {"ce", "wce", "dice", "ce_dice"} <= set(LOSSES)
 
 
@@ -31,8 +32,14 @@ def test_groups_are_complete():
 def test_every_model_task_loss_composes(model, task, loss):
     cfg = compose_cfg("train", [f"model={model}", f"task={task}", f"loss={loss}", "paths.output_dir=/tmp/x"])
     OmegaConf.resolve(cfg)
-    assert cfg.model.net.num_classes == cfg.task.num_classes == len(cfg.task.class_names)
-    assert cfg.data.label == cfg.task.label
+    heads = task_heads(cfg.task)  # joint: person's then fashion's classes, one count per head
+    assert [len(h.class_names) for h in heads] == ([2, 7] if task == "joint" else [cfg.task.num_classes])
+    assert cfg.model.net.num_classes == cfg.task.num_classes
+    assert cfg.data.label == cfg.task.label and cfg.data.num_classes == cfg.task.num_classes
+    if task == "joint" and loss == "wce":  # class weights are per task: refused for the joint task
+        with pytest.raises(ConfigError, match="takes no class weights"):
+            validate(cfg)
+        return
     validate(cfg)
     if "auto" not in str(cfg.loss):
         hydra.utils.instantiate(cfg.loss)

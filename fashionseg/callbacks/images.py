@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image
 
 from fashionseg.figures import confusion_figure
+from fashionseg.heads import Head
 from fashionseg.io import overlay
 from fashionseg.metrics import labels_from_scores
 
@@ -33,29 +34,35 @@ class PredictionImages(L.Callback):
     def _targets(trainer: L.Trainer) -> list:
         return [lg for lg in trainer.loggers if isinstance(lg, (WandbLogger, TensorBoardLogger))]
 
-    def _samples(self, trainer: L.Trainer, module, subset: str) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-        """(id, photo at label size, predicted label, true label) for the first images of a subset."""
+    def _samples(self, trainer: L.Trainer, module, subset: str, head: Head
+                 ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        """(id, photo at label size, predicted label, true label) of a head for the first images of a subset."""
         datamodule = trainer.datamodule
         dataset = datamodule.datasets[subset]
+        kind = module.heads.index(head) if module.joint else None  # its maps in a (H, W, kinds) stack
         out = []
         was_training = module.training
         module.eval()
         for i in range(min(self.num_images, len(dataset))):
             item = dataset[i]
             photo, true = dataset.arrays[i]
+            true = true if kind is None else true[..., kind]
             logits = module.predict_logits(item["image"][None].to(module.device), item["valid_hw"][None], true.shape)
-            out.append((item["id"], photo, labels_from_scores(logits)[0].cpu().numpy().astype(np.uint8), true))
+            pred = labels_from_scores(logits[:, head.channels])[0].cpu().numpy().astype(np.uint8)
+            out.append((item["id"], photo, pred, true))
         module.train(was_training)
         return out
 
-    def _log(self, trainer: L.Trainer, module, subset: str, key: str, confusion: torch.Tensor | None) -> None:
+    def _log(self, trainer: L.Trainer, module, subset: str, key: str, head: Head, confusion: torch.Tensor | None
+             ) -> None:
         targets = self._targets(trainer)
         if not targets or trainer.sanity_checking:
             return
-        cfg = module.hparams.get("config") or {}
-        names = list(module.class_names)
-        palette = np.asarray(cfg.get("task", {}).get("palette") or _palette(len(names)), np.uint8)
-        samples = self._samples(trainer, module, subset)
+        names = list(head.class_names)
+        task = (module.hparams.get("config") or {}).get("task", {})
+        task = task["heads"][head.name] if module.joint else task
+        palette = np.asarray(task.get("palette") or _palette(len(names)), np.uint8)
+        samples = self._samples(trainer, module, subset, head)
         title = f"{key} epoch {trainer.current_epoch}"
         figure = _figure_array(confusion, names, title) if confusion is not None else None
         step = trainer.global_step
@@ -88,16 +95,19 @@ class PredictionImages(L.Callback):
         if trainer.sanity_checking or not self._targets(trainer) or \
                 not ((epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == trainer.max_epochs):
             return
-        confusion = module.val_metrics.confusion.compute()
-        if trainer.is_global_zero:
-            self._log(trainer, module, "val", "val", confusion)
+        self._log_heads(trainer, module, "val")
 
     def on_test_epoch_end(self, trainer: L.Trainer, module) -> None:
         if not self._targets(trainer):
             return
-        confusion = module.test_metrics.confusion.compute()
-        if trainer.is_global_zero:
-            self._log(trainer, module, "test", "test", confusion)
+        self._log_heads(trainer, module, "test")
+
+    def _log_heads(self, trainer: L.Trainer, module, stage: str) -> None:
+        """Each head's photos and confusion matrix, under ``<stage>`` (a joint network's: ``<stage>/<task>``)."""
+        for head, metric in module.head_metrics(stage).items():
+            confusion = metric.confusion.compute()
+            if trainer.is_global_zero:
+                self._log(trainer, module, stage, f"{stage}/{head.name}" if module.joint else stage, head, confusion)
 
 
 def _figure_array(confusion: torch.Tensor, names: list[str], title: str) -> np.ndarray:

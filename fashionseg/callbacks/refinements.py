@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import lightning as L
 
 from fashionseg.memory import keep_freed_memory
-from fashionseg.postprocess.evaluate import evaluate_refinements, load_refinements, refinement_table
+from fashionseg.postprocess.evaluate import load_refinements, module_refinements, refinement_tables
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,8 @@ class RefinementReport(L.Callback):
     """At test end: every refinement of ``methods`` on the test split's probabilities.
 
     The report lands in ``module.refinement_report`` (train.py writes it to results.json), each method's
-    mIoU, Boundary IoU and ms per image in the loggers (``test_refined/<method>/miou``), the table in the log.
+    mIoU, Boundary IoU and ms per image in the loggers (``test_refined/<method>/miou``; a joint network's
+    ``test_refined/<task>/<method>/miou``), the table in the log.
     """
 
     def __init__(self, methods: Sequence[str] = ("none", "cleanup", "crf", "superpixel", "edges"), batch_size: int = 8,
@@ -29,11 +30,14 @@ class RefinementReport(L.Callback):
             return
         keep_freed_memory()  # a batch job at the end of training: reuse the CRF's large buffers
         refinements = load_refinements(self.methods, self.params)
-        report = evaluate_refinements(module, trainer.datamodule.datasets["test"], refinements, self.batch_size,
-                                      trainer.precision_plugin.test_step_context)
-        module.refinement_report = report
-        table = refinement_table(report, module.class_names)
-        log.info("Refinements on the test split (network: %.1f ms/image):\n%s", report["network_ms_per_image"], table)
-        for lg in trainer.loggers:
-            lg.log_metrics({f"test_refined/{m}/{k}": report[m][k] for m in self.methods
-                            for k in ("miou", "boundary_iou", "pixel_acc", "ms_per_image")}, step=trainer.global_step)
+        module.refinement_report, per_head = module_refinements(
+            module, trainer.datamodule.datasets["test"], refinements, self.batch_size,
+            trainer.precision_plugin.test_step_context)
+        log.info("Refinements on the test split (network: %.1f ms/image):\n%s",
+                 next(iter(per_head.values()))["network_ms_per_image"], refinement_tables(module, per_head))
+        for task, report in per_head.items():
+            prefix = f"test_refined/{task}" if len(per_head) > 1 else "test_refined"
+            for lg in trainer.loggers:
+                lg.log_metrics({f"{prefix}/{m}/{k}": report[m][k] for m in self.methods
+                                for k in ("miou", "boundary_iou", "pixel_acc", "ms_per_image")},
+                               step=trainer.global_step)

@@ -26,14 +26,17 @@ class FashionDataModule(L.LightningDataModule):
 
     Args:
         root: the set's folder.
-        label: which kind of label map the task reads (``task.label``, e.g. ``person`` or ``clothes``).
+        label: which kind of label map the task reads (``task.label``, e.g. ``person`` or ``clothes``); a list
+            (task=joint: ``[person, clothes]``) reads one map of each kind per photo, and items' masks are then
+            (kinds, H, W), warped together.
         images: the photos' file pattern under ``root``; ``{id}`` stands for the photo's id.
         labels: the label maps' file pattern per kind of label (``{kind: pattern}``), or one pattern.
         label_map: ``{value in the files: class index}`` when the set numbers its labels its own way.
         unmapped: what values missing from ``label_map`` become: ``error`` or ``ignore``.
         help: what to tell a user whose copy of the set is missing (how to get it).
         name: the set's name.
-        num_classes: classes of the task; label values must lie below it, or be ``ignore_index``.
+        num_classes: classes of the task; label values must lie below it, or be ``ignore_index``. With a list
+            of labels, one count per kind of label.
         ignore_index: the label value of pixels that are neither learned nor scored ("void"), also
             given to padding and to pixels that augmentation brings in; None: no such value.
         image_size: network input (H, W), or None to pad the native size to ``size_multiple``.
@@ -44,8 +47,9 @@ class FashionDataModule(L.LightningDataModule):
         limit: use only the first ``limit`` images (sorted order) — for smoke tests.
     """
 
-    def __init__(self, root: str, label: str, num_classes: int, image_size: Sequence[int] | None = (384, 256),
-                 size_multiple: int = 32, split: Sequence[float] | Mapping[str, Sequence] = (0.5, 0.1, 0.4),
+    def __init__(self, root: str, label: str | Sequence[str], num_classes: int | Sequence[int],
+                 image_size: Sequence[int] | None = (384, 256), size_multiple: int = 32,
+                 split: Sequence[float] | Mapping[str, Sequence] = (0.5, 0.1, 0.4),
                  seed: int = 42, batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 0,
                  augment: dict | None = None, limit: int | None = None, pin_memory: bool = False,
                  ignore_index: int | None = 255, images: str = "images/{id}.jpg",
@@ -54,14 +58,25 @@ class FashionDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
-        self.root, self.label, self.num_classes, self.name, self.help = Path(root), label, num_classes, name, help
-        if isinstance(labels, str):
-            self.labels_pattern = labels.replace("{label}", label)
-        elif label in labels:
-            self.labels_pattern = labels[label]
-        else:
-            raise ConfigError(f"data.labels has no pattern for task.label={label!r}; it has {sorted(labels)}.")
+        self.root, self.name, self.help = Path(root), name, help
+        self.kinds = [label] if isinstance(label, str) else list(label)
+        self.classes = [num_classes] * len(self.kinds) if isinstance(num_classes, int) else list(num_classes)
+        if len(self.classes) != len(self.kinds):
+            raise ConfigError(f"data.num_classes={num_classes} needs one class count per label kind {self.kinds}.")
+        self.label, self.num_classes = label, num_classes
+        self.labels_patterns = []
+        for kind in self.kinds:
+            if isinstance(labels, str):
+                self.labels_patterns.append(labels.replace("{label}", kind))
+            elif kind in labels:
+                self.labels_patterns.append(labels[kind])
+            else:
+                raise ConfigError(f"data.labels has no pattern for task.label={kind!r}; it has {sorted(labels)}.")
+        self.labels_pattern = self.labels_patterns[0]
         self.images_pattern = images
+        if label_map and len(self.kinds) > 1:
+            raise ConfigError(f"data.label_map translates one kind of label map; task.label={self.kinds} reads "
+                              f"{len(self.kinds)}. Give the set label files in the tasks' own numbering.")
         self.label_map = LabelMap(dict(label_map), unmapped, ignore_index) if label_map else None
         self.image_size = list(image_size) if image_size is not None else None
         self.split = {k: [str(i) for i in v] for k, v in split.items()} if isinstance(split, Mapping) else list(split)
@@ -85,8 +100,9 @@ class FashionDataModule(L.LightningDataModule):
         if self.datasets:  # decoded once, whatever the stage
             return
         samples = scan_dataset(self.root, self.images_pattern, self.labels_pattern, self.help)
+        more = [scan_dataset(self.root, self.images_pattern, p, self.help) for p in self.labels_patterns[1:]]
         if self.limit:
-            samples = samples[: self.limit]
+            samples, more = samples[: self.limit], [m[: self.limit] for m in more]
         parts = self._split(samples)
         for name, idx in zip(SUBSETS, parts):
             if not idx and isinstance(self.split, list) and self.split[SUBSETS.index(name)] > 0 \
@@ -96,7 +112,11 @@ class FashionDataModule(L.LightningDataModule):
                     "Use more images (data.limit) or larger fractions (data.split)."
                 )
         # Raises once, listing every bad file.
-        arrays = load_all(samples, self.num_classes, self.ignore_index, self.label_map)
+        arrays = load_all(samples, self.classes[0], self.ignore_index, self.label_map)
+        if more:  # one map of each kind per photo, stacked as (H, W, kinds)
+            others = [load_all(m, k, self.ignore_index) for m, k in zip(more, self.classes[1:])]
+            arrays = [(image, np.stack([label, *(o[i][1] for o in others)], -1))
+                      for i, (image, label) in enumerate(arrays)]
         for name, idx in zip(SUBSETS, parts):
             transform = self.train_transform if name == "train" else self.eval_transform
             self.ids[name] = [samples[i].id for i in idx]
@@ -119,6 +139,9 @@ class FashionDataModule(L.LightningDataModule):
 
     def class_counts(self) -> np.ndarray:
         """Pixels of each class over the training split's label maps, shape (K,); ignored pixels left out."""
+        if len(self.kinds) > 1:
+            raise ConfigError(f"Class weights (loss.weights=auto) need one kind of label map; task.label={self.kinds}. "
+                              "Train task=joint without class weights.")
         self.setup("fit")
         counts = np.zeros(self.num_classes, dtype=np.int64)
         for _, label in self.datasets["train"].arrays:

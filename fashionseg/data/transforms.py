@@ -2,7 +2,8 @@
 
 Items leave the pipeline as uint8 image tensors (3, H, W); the network normalises them.
 Training items have their label warped with the image; evaluation items keep the label at
-its native size so that metrics are computed at the label's own resolution.
+its native size so that metrics are computed at the label's own resolution. A stack of label maps
+(H, W, kinds), a joint task's, is warped as one and leaves as (kinds, H, W).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class TrainTransform:
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> dict:
         out = self.pipeline(image=image, mask=label)
-        return {"image": _to_chw(out["image"]), "mask": torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),
+        return {"image": _to_chw(out["image"]), "mask": _mask(out["mask"]),
                 "valid_hw": torch.tensor(out["image"].shape[:2])}
 
 
@@ -89,12 +90,17 @@ class EvalTransform:
         valid = fitted.shape[:2] if self.resized else image.shape[:2]
         item = {"image": _to_chw(fitted), "valid_hw": torch.tensor(valid)}
         if label is not None:
-            item["mask"] = torch.from_numpy(np.ascontiguousarray(label)).long()
+            item["mask"] = _mask(label)
         return item
 
 
 def _fill(ignore_index: int | None) -> int:
     return 0 if ignore_index is None else ignore_index
+
+
+def _mask(label: np.ndarray) -> torch.Tensor:
+    """Class indices as int64: (H, W), or (kinds, H, W) from a stack of label maps (H, W, kinds)."""
+    return torch.from_numpy(np.ascontiguousarray(label.transpose(2, 0, 1) if label.ndim == 3 else label)).long()
 
 
 def _to_chw(image: np.ndarray) -> torch.Tensor:

@@ -3,6 +3,8 @@ with any of its encoders, behind the common network interface."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import segmentation_models_pytorch as smp
 import timm
 import torch
@@ -10,6 +12,7 @@ from segmentation_models_pytorch.base import SegmentationModel
 from torch import nn
 
 from fashionseg import ConfigError
+from fashionseg.heads import total_classes
 from fashionseg.models.base import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from fashionseg.models.pretrained import is_weights_file, load_encoder_weights, packaged_weights_path
 
@@ -39,11 +42,12 @@ class SmpSegmenter(nn.Module):
         arch: smp architecture class name (``DeepLabV3``, ``DeepLabV3Plus``, ``Unet``, ...).
         encoder_name: any smp encoder (``resnet101``, ``timm-tf_efficientnet_lite0``, ``tu-...``).
         encoder_weights: null, ``imagenet``, or a path to a state dict (see ``pretrained.py``).
-        num_classes: K.
+        num_classes: K, or one count per head (task=joint): their sum of output channels.
         **kwargs: passed on to the smp model (e.g. ``encoder_output_stride``).
     """
 
-    def __init__(self, arch: str, encoder_name: str, num_classes: int, encoder_weights: str | None = None, **kwargs):
+    def __init__(self, arch: str, encoder_name: str, num_classes: int | Sequence[int],
+                 encoder_weights: str | None = None, **kwargs):
         super().__init__()
         if arch not in architectures():
             raise ConfigError(f"Unknown smp architecture model.net.arch={arch!r}; valid: {architectures()} "
@@ -57,7 +61,7 @@ class SmpSegmenter(nn.Module):
         download = None if local or not encoder_weights else encoder_weights
         try:
             self.model = getattr(smp, arch)(encoder_name=encoder_name, encoder_weights=download,
-                                            classes=num_classes, **kwargs)
+                                            classes=total_classes(num_classes), **kwargs)
         except (OSError, ValueError, KeyError) as e:
             if download is None:
                 raise
@@ -75,11 +79,11 @@ class SmpSegmenter(nn.Module):
         return {"out": self.model(self.normalize(x)), "aux": []}
 
 
-def deeplabv3(num_classes: int, encoder_name: str = "resnet101", encoder_weights: str | None = "imagenet",
-              **kwargs) -> SmpSegmenter:
+def deeplabv3(num_classes: int | Sequence[int], encoder_name: str = "resnet101",
+              encoder_weights: str | None = "imagenet", **kwargs) -> SmpSegmenter:
     return SmpSegmenter("DeepLabV3", encoder_name, num_classes, encoder_weights, **kwargs)
 
 
-def deeplabv3plus(num_classes: int, encoder_name: str = "tu-tf_efficientnet_lite0",
+def deeplabv3plus(num_classes: int | Sequence[int], encoder_name: str = "tu-tf_efficientnet_lite0",
                   encoder_weights: str | None = "imagenet", **kwargs) -> SmpSegmenter:
     return SmpSegmenter("DeepLabV3Plus", encoder_name, num_classes, encoder_weights, **kwargs)

@@ -6,10 +6,13 @@ are K-channel logits; no sigmoid or softmax is applied here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fashionseg.heads import total_classes
 from fashionseg.models.base import Normalize
 
 # (height, in_ch, mid_ch, out_ch, dilated) per stage: six encoders, then decoders De_5 .. De_1.
@@ -81,15 +84,16 @@ class U2Net(nn.Module):
     """U2-Net with K-class side outputs.
 
     Args:
-        num_classes: K, channels of every output.
+        num_classes: K, channels of every output; or one count per head (task=joint): their sum.
         variant: ``u2net`` (44M parameters) or ``u2netp`` (1.1M).
 
     Returns from ``forward``: ``{"out": fused logits (B, K, H, W), "aux": [six side logits (B, K, H, W)]}``.
     """
 
 
-    def __init__(self, num_classes: int, variant: str = "u2net", in_channels: int = 3):
+    def __init__(self, num_classes: int | Sequence[int], variant: str = "u2net", in_channels: int = 3):
         super().__init__()
+        num_classes = total_classes(num_classes)
         if variant not in STAGES:
             raise ValueError(f"Unknown U2-Net variant {variant!r}; valid: {sorted(STAGES)}.")
         table = STAGES[variant]
@@ -122,9 +126,9 @@ class U2Net(nn.Module):
         return {"out": self.fuse(torch.cat(sides, dim=1)), "aux": sides}
 
 
-def u2net(num_classes: int) -> U2Net:
+def u2net(num_classes: int | Sequence[int]) -> U2Net:
     return U2Net(num_classes, "u2net")
 
 
-def u2netp(num_classes: int) -> U2Net:
+def u2netp(num_classes: int | Sequence[int]) -> U2Net:
     return U2Net(num_classes, "u2netp")

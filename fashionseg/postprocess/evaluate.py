@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from fashionseg.config import compose_config
+from fashionseg.heads import Head
 from fashionseg.postprocess.base import Refinement
 
 
@@ -38,7 +39,7 @@ def load_refinements(names: Sequence[str], overrides: Mapping | None = None) -> 
 
 @torch.no_grad()
 def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement], batch_size: int = 8,
-                         precision_context=None) -> dict:
+                         precision_context=None, head: Head | None = None) -> dict:
     """Run the network once per batch, then every refinement on the same probabilities.
 
     ``dataset`` is a SegmentationDataset with evaluation transform (photos and labels at native size
@@ -46,9 +47,12 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
     pass (the trainer's, e.g. bf16 autocast) so that the "none" row equals the test score.
     Returns ``{name: {scores..., "ms_per_image": refinement time}}`` plus
     ``"network_ms_per_image"``. The first batch is a warm-up, not timed (one-off costs such as the
-    CRF's torch.compile), where there is more than one batch.
+    CRF's torch.compile), where there is more than one batch. ``head``: one task of a joint network
+    (``module.heads``), scored on its own channels and label maps.
     """
-    metrics = {name: module.split_metrics() for name in refinements}  # void pixels: scored by none either
+    head = head or module.heads[0]
+    kind = module.heads.index(head) if len(module.heads) > 1 else None  # its label maps in a (H, W, kinds) stack
+    metrics = {name: module.split_metrics(head) for name in refinements}  # void pixels: scored by none either
     seconds, timed = dict.fromkeys(refinements, 0.0), 0
     network_s, device = 0.0, module.device
     module.eval()
@@ -56,7 +60,7 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
         idx = list(range(start, min(start + batch_size, len(dataset))))
         items = [dataset[i] for i in idx]
         photos = [dataset.arrays[i][0] for i in idx]
-        labels = [dataset.arrays[i][1] for i in idx]
+        labels = [dataset.arrays[i][1] if kind is None else dataset.arrays[i][1][..., kind] for i in idx]
         timing = start > 0 or len(dataset) <= batch_size  # the first batch warms up
         timed += len(idx) if timing else 0
         t = time.perf_counter()
@@ -68,6 +72,7 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
             images = torch.stack([items[p]["image"] for p in pos]).to(device)
             with precision_context() if precision_context else contextlib.nullcontext():
                 logits = module.predict_logits(images, items[pos[0]]["valid_hw"][None], labels[pos[0]].shape)
+            logits = logits[:, head.channels]
             probs += list(logits.softmax(1).float().cpu())
         network_s += time.perf_counter() - t
         for name, refine in refinements.items():
@@ -99,3 +104,19 @@ def refinement_table(report: Mapping, class_names: Sequence[str]) -> str:
                  *[f"{100 * s[f'iou_{c}']:.1f}" for c in class_names], f"{s['ms_per_image']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def module_refinements(module, dataset, refinements: Mapping[str, Refinement], batch_size: int = 8,
+                       precision_context=None) -> tuple[dict, dict[str, dict]]:
+    """``evaluate_refinements`` for every head of the module. Returns the report (a joint network's:
+    ``{task: report}``) and ``{task: report}`` for every head, one network pass over the split per head."""
+    per_head = {h.name: evaluate_refinements(module, dataset, refinements, batch_size, precision_context, h)
+                for h in module.heads}
+    return (per_head if len(module.heads) > 1 else next(iter(per_head.values()))), per_head
+
+
+def refinement_tables(module, per_head: Mapping[str, Mapping]) -> str:
+    """The markdown table of each head's report, under the task's name when there are several."""
+    if len(module.heads) == 1:
+        return refinement_table(next(iter(per_head.values())), module.class_names)
+    return "\n\n".join(f"{h.name}:\n\n{refinement_table(per_head[h.name], h.class_names)}" for h in module.heads)
