@@ -50,7 +50,7 @@ def checkpoint_datamodule(module, root: str | None, set_cfg: DictConfig | None =
 def evaluate(cfg: DictConfig) -> dict:
     """Score ``cfg.ckpt_path`` on ``cfg.split``; the network, task and input size come from the checkpoint."""
     out_dir = check_writable(cfg.paths.output_dir)
-    module = load_checkpoint(cfg.ckpt_path, tta_hflip=cfg.tta_hflip,
+    module = load_checkpoint(cfg.ckpt_path, tta_hflip=cfg.tta_hflip, tta_scales=list(cfg.tta_scales),
                              boundary_dilation=cfg.boundary_dilation)
     train_cfg = OmegaConf.create(module.hparams.config)
     asked = cfg.get("task", {}).get("name") if cfg.get("task") else None

@@ -46,6 +46,8 @@ class Predictor:
         channels_last: run the network in channels-last memory format (faster on CPU).
         bf16: bfloat16 autocast (CPU with AVX512_BF16, or CUDA).
         tta_hflip: average the logits of each photo and its mirror image.
+        tta_scales: multi-scale test-time augmentation: also run each photo resized by these factors of the
+            input size and average the logits (``network_logits``); ``(1.0,)``: none.
         compile: ``torch.compile`` the network with inductor's weight freezing (conv + batch-norm
             folding, fused kernels), after a one-off compile per input shape (timings: README, from
             scripts/benchmark_speed.py).
@@ -55,7 +57,7 @@ class Predictor:
     def __init__(self, net: nn.Module | Runner, class_names: Sequence[str], image_size: Sequence[int] | None,
                  size_multiple: int = 32, palette: Sequence[Sequence[int]] | None = None, task: str = "",
                  channels_last: bool = False, bf16: bool = False, tta_hflip: bool = False, compile: bool = False,
-                 device: str = "cpu", heads: Sequence[Head] | None = None):
+                 device: str = "cpu", heads: Sequence[Head] | None = None, tta_scales: Sequence[float] = (1.0,)):
         self.class_names, self.task = list(class_names), task
         self.heads = list(heads) if heads else [Head(task, tuple(self.class_names), 0, None)]
         self.channels: slice | None = None  # a view's head: the network's output channels kept
@@ -64,6 +66,7 @@ class Predictor:
         self.transform = EvalTransform(self.image_size, size_multiple)
         self.device = torch.device(device)
         self.bf16, self.tta_hflip, self.channels_last = bf16, tta_hflip, channels_last
+        self.tta_scales, self.size_multiple = check_scales(tta_scales), size_multiple
         if isinstance(net, nn.Module):
             net = net.eval().to(self.device)
             if channels_last:
@@ -112,7 +115,7 @@ class Predictor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return network_logits(self.net, batch, self.tta_hflip)
+            return network_logits(self.net, batch, self.tta_hflip, self.tta_scales, self.size_multiple)
 
     def scores(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Logits (K, H, W) float32 on the CPU, one per photo, at each photo's size."""
@@ -155,15 +158,43 @@ class Predictor:
         return [next(iter(maps.values())) for maps in self.label_maps(images)]
 
 
-def network_logits(net: nn.Module | Runner, images: torch.Tensor, tta_hflip: bool = False) -> torch.Tensor:
+def network_logits(net: nn.Module | Runner, images: torch.Tensor, tta_hflip: bool = False,
+                   scales: Sequence[float] = (1.0,), multiple: int = 32) -> torch.Tensor:
     """Float logits (B, K, h, w) of a batch at the network's input size; with ``tta_hflip``, averaged
-    with the mirror image's. ``net`` returns ``{"out": logits}`` (a network) or logits (a Runner)."""
-    out = net(images)
-    logits = (out["out"] if isinstance(out, dict) else out).float()
-    if tta_hflip:
-        flipped = net(images.flip(-1))
-        logits = 0.5 * (logits + (flipped["out"] if isinstance(flipped, dict) else flipped).float().flip(-1))
-    return logits
+    with the mirror image's. ``net`` returns ``{"out": logits}`` (a network) or logits (a Runner).
+
+    ``scales``: multi-scale test-time augmentation: the batch is also run resized by each factor (sides
+    rounded to ``multiple``), and the logits, resized back (bilinear), are averaged over every scale (and
+    mirror image). ``(1.0,)`` runs the input size alone.
+    """
+    h, w = images.shape[-2:]
+    total = None
+    for scale in scales:
+        size = tuple(max(multiple, int(side * scale / multiple + 0.5) * multiple) for side in (h, w))  # half up
+        x = images if size == (h, w) else \
+            F.interpolate(_unit(images), size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+        for flip in (False, True) if tta_hflip else (False,):
+            out = net(x.flip(-1) if flip else x)
+            logits = (out["out"] if isinstance(out, dict) else out).float()
+            logits = logits.flip(-1) if flip else logits
+            if tuple(logits.shape[-2:]) != (h, w):
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            total = logits if total is None else total + logits
+    return total / (len(scales) * (2 if tta_hflip else 1))
+
+
+def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    """Multi-scale TTA factors, checked: at least one, each positive."""
+    scales = tuple(float(s) for s in scales)
+    if not scales or min(scales) <= 0:
+        raise ConfigError(f"tta_scales={list(scales)}: give one or more positive factors of the input size, "
+                          "e.g. [0.75,1.0,1.25], or [1.0] for none.")
+    return scales
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 photos as float in [0, 1], which every network and Runner here also takes."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images
 
 
 def crop_and_resize(logits: torch.Tensor, valid_hw: Sequence[int] | torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MaxMetric
 
 from fashionseg.heads import Head, head_targets, heads_from_names
-from fashionseg.inference import crop_and_resize, network_logits
+from fashionseg.inference import check_scales, crop_and_resize, network_logits
 from fashionseg.metrics import SplitMetrics, labels_from_scores
 
 
@@ -31,6 +31,8 @@ class SegmentationModule(L.LightningModule):
         aux_weight: weight of each side output's loss (U2-Net's fusion loss: 1.0; 0 ignores them).
         scheduler_monitor: metric a plateau scheduler watches.
         tta_hflip: at evaluation, average logits of the photo and its mirror image.
+        tta_scales: at evaluation, also run the input resized by these factors and average the logits
+            (multi-scale test-time augmentation); ``[1.0]``: none.
         ignore_index: label value of pixels left out of the metrics (the loss takes its own).
         boundary_dilation: Boundary IoU's band width, a fraction of the image diagonal.
         config: the run's resolved configuration, stored in every checkpoint.
@@ -39,8 +41,10 @@ class SegmentationModule(L.LightningModule):
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None,
                  class_names: Sequence[str] | Mapping[str, Sequence[str]], aux_weight: float = 0.0,
                  scheduler_monitor: str = "val/loss", tta_hflip: bool = False, config: dict | None = None,
-                 ignore_index: int | None = None, boundary_dilation: float = 0.02):
+                 ignore_index: int | None = None, boundary_dilation: float = 0.02,
+                 tta_scales: Sequence[float] = (1.0,)):
         super().__init__()
+        check_scales(tta_scales)  # before any training
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -91,6 +95,7 @@ class SegmentationModule(L.LightningModule):
             aux_weight=cfg.model.get("aux_weight", 0.0),
             scheduler_monitor=cfg.get("scheduler_monitor", "val/loss"),
             tta_hflip=cfg.get("tta_hflip", False),
+            tta_scales=list(cfg.get("tta_scales") or [1.0]),
             ignore_index=cfg.task.get("ignore_index"),
             boundary_dilation=cfg.get("boundary_dilation", 0.02),
             config=config,
@@ -104,9 +109,12 @@ class SegmentationModule(L.LightningModule):
         return SplitMetrics(names, self.hparams.ignore_index, self.hparams.boundary_dilation)
 
     def head_metrics(self, stage: str) -> dict[Head, SplitMetrics]:
-        """A stage's (``val`` or ``test``) metrics of each head (one set)."""
+        """A stage's (``val`` or ``test``) metrics of each head; with several sets, the selection set's."""
         if self.joint:
             return {h: self.set_metrics[f"{stage}/{h.name}"] for h in self.heads}
+        names = self.eval_names.get(stage)
+        if names:
+            return {self.heads[0]: self.set_metrics[f"{stage}/{names[0]}"]}
         return {self.heads[0]: self.val_metrics if stage == "val" else self.test_metrics}
 
     def forward(self, images: torch.Tensor) -> dict:
@@ -134,7 +142,8 @@ class SegmentationModule(L.LightningModule):
     def predict_logits(self, images: torch.Tensor, valid_hw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """Logits for photos that share one valid area and label size: the network (and its TTA), then
         the padding cropped and the rest resized to ``size`` (H, W). Returns (B, K, H, W) float."""
-        return crop_and_resize(network_logits(self.net, images, self.hparams.tta_hflip), valid_hw[0], size)
+        logits = network_logits(self.net, images, self.hparams.tta_hflip, self.hparams.tta_scales)
+        return crop_and_resize(logits, valid_hw[0], size)
 
     def setup(self, stage: str) -> None:
         """With several sets, one confusion matrix per set for validation and test (their loader order)."""

@@ -69,6 +69,7 @@ def predict(cfg: DictConfig) -> dict:
         raise DataError(f"No photos in {cfg.input} (looked for .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .gif).")
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=resolve_device(cfg.device), bf16=cfg.bf16,
                                           channels_last=cfg.channels_last, tta_hflip=cfg.tta_hflip,
+                                          tta_scales=list(cfg.tta_scales),
                                           compile=cfg.compile)
     heads = {h.name: predictor.view(h.name) for h in predictor.heads}
     refine: Refinement = single_refinement(cfg.get("postprocess"))

@@ -36,7 +36,8 @@ from fashionseg.metrics import scores
 
 ROOT = Path(__file__).resolve().parents[1]
 
-EVAL_ONLY = {"tta_hflip", "task_name", "tags", "test", "optimized_metric"}  # keys that do not change training
+# Keys that do not change training.
+EVAL_ONLY = {"tta_hflip", "tta_scales", "task_name", "tags", "test", "optimized_metric"}
 DEFAULT_RECIPES = ["fast_person", "fast_person_trainval", "best_person", "best_fashion"]
 
 
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if args.retrain or not (run_dir / "eval_results.json").exists():
                 run_dir.mkdir(parents=True, exist_ok=True)
                 run([python, "eval.py", f"ckpt_path={src['best_checkpoint']}", f"tta_hflip={cfg.get('tta_hflip')}",
+                     f"tta_scales=[{','.join(map(str, cfg.get('tta_scales') or [1.0]))}]",
                      f"hydra.run.dir={run_dir}", *refinement_overrides(cfg),
                      *[o for o in args.overrides if o.startswith("data.root=")]], run_dir / "benchmark.log")
             ev = json.loads((run_dir / "eval_results.json").read_text())

@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--refinements", nargs="+", default=["none", "cleanup", "crf", "superpixel", "edges"])
     p.add_argument("--grid", nargs="*", default=[], help="replace one parameter list: <refinement>.<param>=v1,v2")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                   help="multi-scale test-time augmentation (as eval.py tta_scales=[...]), e.g. 0.75 1 1.25")
     p.add_argument("--task", default=None, help="the head to tune of a joint (task=joint) network: person or fashion")
     p.add_argument("--out", default=None,
                    help="JSON path (default: tune_refinements.json next to the checkpoint's run)")
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     keep_freed_memory()  # a batch job: the CRF's large buffers are reused, not page-faulted in
     grids = parse_grid(args.grid)
 
-    module = load_checkpoint(args.ckpt, tta_hflip=args.tta)
+    module = load_checkpoint(args.ckpt, tta_hflip=args.tta, tta_scales=args.scales)
     heads = {h.name: h for h in module.heads}
     if len(heads) > 1 and args.task not in heads:
         raise SystemExit(f"{args.ckpt} is a joint network with heads {list(heads)}; choose one with --task.")
@@ -115,11 +117,13 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = [f"postprocess.{name}.{k}={'null' if v is None else v}" for name, r in best.items()
                  for k, v in r["params"].items()]
     command = " ".join(["python eval.py", f"ckpt_path={args.ckpt}", f"tta_hflip={str(args.tta).lower()}",
+                        *([f"tta_scales=[{','.join(map(str, args.scales))}]"] if args.scales != [1.0] else []),
                         f"postprocess=[{','.join(args.refinements)}]", *overrides])
     print("\nChosen on validation: " + ", ".join(label(n, r["params"]) for n, r in best.items()))
     print(f"Score them on the test split:\n  {command}")
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / "tune_refinements.json"
-    result = {"checkpoint": args.ckpt, "tta_hflip": args.tta, "split": "val", "images": len(dataset), "rows": rows,
+    result = {"checkpoint": args.ckpt, "tta_hflip": args.tta, "tta_scales": args.scales, "split": "val",
+              "images": len(dataset), "rows": rows,
               "best": {n: r["params"] for n, r in best.items()}, "test_command": command,
               "network_ms_per_image": report["network_ms_per_image"]}
     out.write_text(json.dumps(result, indent=1))

@@ -155,6 +155,25 @@ def test_demo_serves_both_tasks_from_a_joint_checkpoint(joint_run, person_ckpt):
         create_app({"joint": str(person_ckpt)})
 
 
+def test_dashboards_show_each_tasks_photos_and_confusion_matrix(joint_root, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, _ = joint_root
+    cfg = compose_cfg("train", ["task=joint", "model=deeplabv3plus", "model.net.encoder_weights=null",
+                                *small_overrides(root, tmp_path), "logger=tensorboard",
+                                "+trainer.limit_train_batches=1", "+trainer.limit_test_batches=1",
+                                "callbacks.prediction_images.every_n_epochs=1",
+                                "callbacks.prediction_images.num_images=1"])
+    train(cfg)
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()["images"]
+    for stage in ("val", "test"):
+        for task in ("person", "fashion"):
+            assert f"{stage}/{task}/confusion_matrix" in tags
+            assert any(t.startswith(f"{stage}/{task}/predictions/") for t in tags)
+
+
 @pytest.mark.parametrize("override, message", [
     ("loss=wce", "takes no class weights"),
     ("data=fashionista_plus", "trains on one set"),

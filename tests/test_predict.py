@@ -7,10 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from fashionseg import DataError
-from fashionseg.inference import Predictor
+from fashionseg import ConfigError, DataError
+from fashionseg.inference import Predictor, network_logits
 from fashionseg.io import read_photo
 from fashionseg.predict import predict
 from tests.conftest import ROOT, compose_cfg
@@ -145,3 +147,44 @@ def test_overlay_draws_class_boundaries_as_thin_lines_on_request(person_ckpt, tm
                            for d in ("b", "a"))
     assert lines.any() and (with_lines[lines] == BOUNDARY_COLOUR).all()
     assert (with_lines[~lines] == without[~lines]).all()
+
+
+class Recording(torch.nn.Module):
+    """A tiny fixed network that records the input sizes it is run at."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.sizes = torch.nn.Conv2d(3, 2, 3, padding=1), []
+        torch.nn.init.normal_(self.conv.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x):
+        self.sizes.append(tuple(x.shape[-2:]))
+        return {"out": self.conv(x.float() / 255 if x.dtype == torch.uint8 else x)}
+
+
+def test_multi_scale_tta_averages_the_logits_of_each_scale_and_mirror_image():
+    net = Recording()
+    images = torch.randint(0, 256, (2, 3, 96, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(network_logits(net, images), net(images)["out"])
+        net.sizes.clear()
+        got = network_logits(net, images, tta_hflip=True, scales=(0.5, 1.0, 1.5))
+        # Each scale's sides rounded to a multiple of 32 (48 -> 64, 32 -> 32; 144 -> 160, 96 -> 96), both mirrors.
+        assert net.sizes == [(64, 32), (64, 32), (96, 64), (96, 64), (160, 96), (160, 96)]
+        unit = images.float() / 255
+        expected = torch.zeros_like(got)
+        for size in ((64, 32), (96, 64), (160, 96)):
+            x = unit if size == (96, 64) else F.interpolate(unit, size=size, mode="bilinear", align_corners=False,
+                                                           antialias=size[0] < 96)
+            for flip in (False, True):
+                out = net(x.flip(-1) if flip else x)["out"]
+                out = out.flip(-1) if flip else out
+                expected += F.interpolate(out, size=(96, 64), mode="bilinear", align_corners=False) / 6
+    assert got.shape == (2, 2, 96, 64)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("scales", [[], [0.0, 1.0], [-1.0]])
+def test_bad_tta_scales_are_refused_before_anything_runs(person_ckpt, scales):
+    with pytest.raises(ConfigError, match=r"tta_scales=.*positive factors"):
+        Predictor.from_checkpoint(person_ckpt, tta_scales=scales)

@@ -15,6 +15,7 @@ from conftest import ROOT, compose_cfg, load_script, paint_void_bands, small_ove
 from PIL import Image
 
 from fashionseg import ConfigError, DataError
+from fashionseg.callbacks import images
 from fashionseg.checkpoint import load_checkpoint
 from fashionseg.evaluate import checkpoint_datamodule, evaluate
 from fashionseg.inference import Predictor
@@ -118,6 +119,8 @@ def test_checkpoint_rebuilds_network_and_classes(train_cfg):
     assert out.shape == (1, 2, 96, 64)
 
 
+# Multi-runs are also in the default set: the W&B sweep with a failing job and the Optuna sweep (test_tracking.py).
+@pytest.mark.slow
 def test_multirun_two_jobs(data_root, tmp_path):
     sweep = tmp_path / "sweep"
     overrides = [o for o in small_overrides(data_root, tmp_path) if not o.startswith("paths.output_dir")]
@@ -139,16 +142,21 @@ def test_multirun_two_jobs(data_root, tmp_path):
 
 
 def test_every_module_argument_comes_from_config(train_cfg, tmp_path):
-    cfg = train_cfg("scheduler_monitor=val/miou", "tta_hflip=true", "model.aux_weight=0.5", "task=person")
+    cfg = train_cfg("scheduler_monitor=val/miou", "tta_hflip=true", "model.aux_weight=0.5", "task=person",
+                    "tta_scales=[0.75,1.0]")
     module = SegmentationModule.from_config(cfg)
     assert module.hparams.scheduler_monitor == "val/miou" and module.hparams.tta_hflip
+    assert module.hparams.tta_scales == [0.75, 1.0]
+    with pytest.raises(ConfigError, match="tta_scales"):  # refused before training, not at its test
+        SegmentationModule.from_config(train_cfg("tta_scales=[0.0]"))
     assert module.hparams.aux_weight == 0.5 and module.class_names == ["background", "person"]
     assert module.configure_optimizers()["lr_scheduler"]["monitor"] == "val/miou"
     # A checkpoint rebuilds the same module from its stored config, with the same weights.
     path = tmp_path / "m.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    loaded = load_checkpoint(path, tta_hflip=False)
+    loaded = load_checkpoint(path, tta_hflip=False, tta_scales=[1.0])
     assert loaded.hparams.scheduler_monitor == "val/miou" and not loaded.hparams.tta_hflip
+    assert loaded.hparams.tta_scales == [1.0]
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
@@ -225,7 +233,7 @@ def test_eval_scores_a_whole_foreign_set_and_leaves_void_pixels_out(fashion_ckpt
                                       f"paths.output_dir={out}"]))
 
 
-def test_two_sets_train_together_and_are_scored_each(data_root, tmp_path):
+def test_two_sets_train_together_and_are_scored_each(data_root, tmp_path, monkeypatch):
     extra = write_dataset(tmp_path / "extra", 12, seed=1)  # a second set, split by its own seeded fractions
 
     def shrink(name, root):
@@ -236,8 +244,14 @@ def test_two_sets_train_together_and_are_scored_each(data_root, tmp_path):
     cfg = compose_cfg("train", ["data=fashionista_plus", *shrink("fashionista", data_root), *shrink("extra", extra),
                                 "model=u2netp", f"paths.output_dir={run}", "trainer.max_epochs=2",
                                 "trainer.precision=32-true", "trainer.enable_progress_bar=false",
-                                "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1"])
+                                "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",
+                                "logger=[csv,tensorboard]", "callbacks.prediction_images.every_n_epochs=2",
+                                "callbacks.prediction_images.num_images=1"])
+    figures = []  # the dashboards' confusion matrices: the selection set's, counted (not an empty matrix)
+    monkeypatch.setattr(images, "_figure_array", lambda confusion, names, title: figures.append(
+        (title, int(confusion.sum()))) or np.zeros((2, 2, 3), np.uint8))
     _, results = train(cfg)
+    assert [t.split()[0] for t, _ in figures] == ["val", "test"] and all(n > 0 for _, n in figures), figures
     split = results["split"]
     n = len(split["fashionista"]["train"]) + len(split["extra"]["train"])
     assert len(split["fashionista"]["train"]) == 10 and n > 10 and len(split["extra"]["test"]) > 0

@@ -72,7 +72,7 @@ class FashionDataModule(L.LightningDataModule):
                 self.labels_patterns.append(labels[kind])
             else:
                 raise ConfigError(f"data.labels has no pattern for task.label={kind!r}; it has {sorted(labels)}.")
-        self.labels_pattern = self.labels_patterns[0]
+        self.labels_pattern = self.labels_patterns[0]  # the first kind's (the only one of a single task)
         self.images_pattern = images
         if label_map and len(self.kinds) > 1:
             raise ConfigError(f"data.label_map translates one kind of label map; task.label={self.kinds} reads "
@@ -99,8 +99,7 @@ class FashionDataModule(L.LightningDataModule):
         """
         if self.datasets:  # decoded once, whatever the stage
             return
-        samples = scan_dataset(self.root, self.images_pattern, self.labels_pattern, self.help)
-        more = [scan_dataset(self.root, self.images_pattern, p, self.help) for p in self.labels_patterns[1:]]
+        samples, *more = [scan_dataset(self.root, self.images_pattern, p, self.help) for p in self.labels_patterns]
         if self.limit:
             samples, more = samples[: self.limit], [m[: self.limit] for m in more]
         parts = self._split(samples)
