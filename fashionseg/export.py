@@ -95,7 +95,7 @@ def export(cfg) -> dict:
     from fashionseg import ConfigError
     from fashionseg.checkpoint import load_checkpoint
     from fashionseg.data import primary_data_config
-    from fashionseg.heads import task_heads
+    from fashionseg.heads import all_class_names, task_heads
     from fashionseg.io import list_photos, read_photo
 
     if cfg.format != "onnx":
@@ -112,7 +112,7 @@ def export(cfg) -> dict:
         raise ConfigError(f"No photos to check the export on in {cfg.check_photos}; set check_photos=<folder>.")
     images = [read_photo(p) for p in photos]
     heads = task_heads(train_cfg.task)
-    kwargs = dict(class_names=[c for h in heads for c in h.class_names], image_size=data.image_size,
+    kwargs = dict(class_names=all_class_names(heads), image_size=data.image_size,
                   size_multiple=data.get("size_multiple", 32), heads=heads)
     report = {"onnx": str(out), "input_hw": size, **check_and_time(module.net, OnnxRunner(out), images, kwargs)}
     print(f"ONNX written to {out}\n"

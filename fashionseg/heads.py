@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -55,6 +56,17 @@ def heads_from_names(class_names: Sequence[str] | Mapping[str, Sequence[str]], n
 def total_classes(num_classes: int | Sequence[int]) -> int:
     """A network's output channels: K, or the sum of its heads' class counts (``task.num_classes=[2, 7]``)."""
     return num_classes if isinstance(num_classes, int) else sum(int(k) for k in num_classes)
+
+
+def all_class_names(heads: Sequence[Head]) -> list[str]:
+    """The class names of every output channel, heads in order."""
+    return [c for h in heads for c in h.class_names]
+
+
+def head_label(label: np.ndarray, heads: Sequence[Head], head: Head) -> np.ndarray:
+    """A head's label map (H, W) from a photo's decoded labels: the map itself for one head, or the head's
+    layer of the (H, W, heads) stack that a joint task's data module holds."""
+    return label[..., heads.index(head)] if len(heads) > 1 else label
 
 
 def head_targets(target: torch.Tensor, heads: Sequence[Head]) -> list[torch.Tensor]:

@@ -23,7 +23,7 @@ from torch import nn
 
 from fashionseg import ConfigError
 from fashionseg.data.transforms import EvalTransform
-from fashionseg.heads import Head, task_heads
+from fashionseg.heads import Head, all_class_names, task_heads
 from fashionseg.metrics import labels_from_scores
 
 # A runner maps a uint8 batch (B, 3, H, W) to float logits (B, K, H, W): the eager network or ONNX Runtime.
@@ -85,7 +85,7 @@ class Predictor:
         cfg = OmegaConf.create(module.hparams.config)
         data = primary_data_config(cfg.data)
         heads = task_heads(cfg.task)
-        names = [c for h in heads for c in h.class_names]
+        names = all_class_names(heads)
         palette = [c for h in heads for c in h.palette] if all(h.palette for h in heads) else None
         return cls(module.net, names, data.image_size, data.get("size_multiple", 32), palette=palette,
                    task=cfg.task.name, heads=heads, **kwargs)

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image
 
 from fashionseg.figures import confusion_figure
-from fashionseg.heads import Head
+from fashionseg.heads import Head, head_label
 from fashionseg.io import overlay
 from fashionseg.metrics import labels_from_scores
 
@@ -39,14 +39,13 @@ class PredictionImages(L.Callback):
         """(id, photo at label size, predicted label, true label) of a head for the first images of a subset."""
         datamodule = trainer.datamodule
         dataset = datamodule.datasets[subset]
-        kind = module.heads.index(head) if module.joint else None  # its maps in a (H, W, kinds) stack
         out = []
         was_training = module.training
         module.eval()
         for i in range(min(self.num_images, len(dataset))):
             item = dataset[i]
             photo, true = dataset.arrays[i]
-            true = true if kind is None else true[..., kind]
+            true = head_label(true, module.heads, head)
             logits = module.predict_logits(item["image"][None].to(module.device), item["valid_hw"][None], true.shape)
             pred = labels_from_scores(logits[:, head.channels])[0].cpu().numpy().astype(np.uint8)
             out.append((item["id"], photo, pred, true))

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from fashionseg.config import compose_config
-from fashionseg.heads import Head
+from fashionseg.heads import Head, head_label
 from fashionseg.postprocess.base import Refinement
 
 
@@ -51,7 +51,6 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
     (``module.heads``), scored on its own channels and label maps.
     """
     head = head or module.heads[0]
-    kind = module.heads.index(head) if len(module.heads) > 1 else None  # its label maps in a (H, W, kinds) stack
     metrics = {name: module.split_metrics(head) for name in refinements}  # void pixels: scored by none either
     seconds, timed = dict.fromkeys(refinements, 0.0), 0
     network_s, device = 0.0, module.device
@@ -60,7 +59,7 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
         idx = list(range(start, min(start + batch_size, len(dataset))))
         items = [dataset[i] for i in idx]
         photos = [dataset.arrays[i][0] for i in idx]
-        labels = [dataset.arrays[i][1] if kind is None else dataset.arrays[i][1][..., kind] for i in idx]
+        labels = [head_label(dataset.arrays[i][1], module.heads, head) for i in idx]
         timing = start > 0 or len(dataset) <= batch_size  # the first batch warms up
         timed += len(idx) if timing else 0
         t = time.perf_counter()
