@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FASHIONSEG_DATA ?= $(firstword $(wildcard $(abspath ../shared/data/fashionista-csc420)) $(abspath data/fashionista-csc420))
 export FASHIONSEG_DATA
 
-.PHONY: install browser lint train train-person test test-all bench-speed bench-accuracy clean
+.PHONY: install browser lint train train-person test test-all bench-speed bench-accuracy bench-architectures clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench-speed: install
 # Trains every recipe of the results table (about 1.5 h on 2 CPU cores); reuses finished runs.
 bench-accuracy: install
 	$(PY) scripts/benchmark_accuracy.py $(ARGS)
+
+# Architectures side by side on fashion at one budget (experiment=compare_architectures), one table.
+bench-architectures: install
+	$(PY) scripts/compare_architectures.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

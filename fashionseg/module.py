@@ -62,6 +62,8 @@ class SegmentationModule(L.LightningModule):
                                           for h in self.heads} if self.joint else {})
         self.eval_names: dict[str, list[str]] = {}
         self.test_scores_per_set: dict[str, dict[str, float]] = {}
+        self.images_seen = 0  # training photos fed to the network so far (kept by checkpoints)
+        self.images_seen_at_start = 0  # ... when this fit started (a resumed run's count so far)
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping, loss_cfg: DictConfig | Mapping | None = None,
@@ -136,7 +138,17 @@ class SegmentationModule(L.LightningModule):
         out = self(batch["image"])
         loss = self.compute_loss(out, batch["mask"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["id"]))
+        self.images_seen += len(batch["id"])
         return loss
+
+    def on_train_start(self) -> None:
+        self.images_seen_at_start = self.images_seen
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["images_seen"] = self.images_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.images_seen = checkpoint.get("images_seen", 0)
 
     @torch.no_grad()
     def predict_logits(self, images: torch.Tensor, valid_hw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

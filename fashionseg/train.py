@@ -194,6 +194,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_time = time.time() - start
+    # Before testing: loading the best checkpoint for the test restores that epoch's count.
+    images_seen, images_this_fit = module.images_seen, module.images_seen - module.images_seen_at_start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -210,7 +212,11 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         "test_confusion": confusion_lists(module.test_confusion) if module.test_confusion is not None else None,
         "best_checkpoint": best,
         "epochs": trainer.current_epoch,
+        "images_seen": images_seen,
         "fit_time_s": round(fit_time, 1),
+        # Training photos per second of this fit (a resumed run: since resuming), validation and
+        # checkpoint writing included.
+        "images_per_s": round(images_this_fit / fit_time, 2),
         "wall_time_s": round(time.time() - start, 1),
         "refinements": getattr(module, "refinement_report", None),
         "split": {k: v for k, v in datamodule.ids.items()},

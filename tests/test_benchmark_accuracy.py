@@ -1,4 +1,5 @@
-"""scripts/benchmark_accuracy.py end to end on the synthetic set: shared networks and refinement rows."""
+"""The benchmark scripts end to end on the synthetic set: benchmark_accuracy.py (shared networks, refinement
+rows) and compare_architectures.py (one budget per architecture, one table)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,36 @@ def test_recipes_sharing_a_network_train_once_and_refinements_add_rows(data_root
     assert "crf" in rows[2]["note"] and "best_person" in rows[2]["command"]
     assert json.loads((runs / "accuracy.json").read_text()) == rows
     assert "best_person + crf" in (runs / "accuracy.md").read_text()
+
+
+def test_architecture_comparison_trains_each_model_at_one_budget_and_tables_them(data_root, tmp_path):
+    compare = load_script("compare_architectures")
+    sweep = tmp_path / "sweep"
+    overrides = [f"data.root={data_root}", "data.image_size=[96,64]", "data.batch_size=2", "data.eval_batch_size=4",
+                 "trainer.precision=32-true", "trainer.enable_model_summary=false", "model.net.encoder_weights=null"]
+    rows = compare.main(["--models", "deeplabv3plus", "unet", "--epochs", "1", "--sweep", str(sweep),
+                         "--variants", "eager fp32", "--", *overrides])
+
+    assert [r["model"] for r in rows] == ["deeplabv3plus", "unet"]
+    for row, job in zip(rows, sorted(sweep.glob("*/results.json"))):
+        res = json.loads(job.read_text())
+        # One budget: the same encoder, input and epochs; 10 training photos (the 10/2/8 split) per epoch.
+        assert (row["encoder"], row["input"], row["epochs"], row["images_seen"]) == \
+            ("tu-tf_efficientnet_lite0", "96x64", 1, 10)
+        assert row["test_miou"] == round(100 * res["test"]["miou"], 2)
+        assert row["boundary_iou"] == round(100 * res["test"]["boundary_iou"], 2)
+        assert row["val_miou"] == round(100 * res["val_miou_best"], 2)
+        assert row["train_img_s"] == res["images_per_s"] > 0
+        assert row["ms"]["eager fp32"] > 0 and row["params_m"] > 0
+        assert set(row["class_iou"]) == {"tshirt", "shoes", "dress"}
+    assert rows[0]["params_m"] != rows[1]["params_m"]
+    assert json.loads((sweep / "architectures.json").read_text()) == rows
+    assert (sweep / "architectures.md").read_text().count("\n") == 4  # header, rule, two rows
+
+    # A finished sweep is scored again without training; summarize_runs.py reads the same sweep.
+    stamps = {p: p.stat().st_mtime_ns for p in sweep.glob("*/results.json")}
+    again = compare.main(["--sweep", str(sweep), "--no-latency", *overrides])
+    assert [r["test_miou"] for r in again] == [r["test_miou"] for r in rows] and again[0]["ms"] == {}
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    summary = load_script("summarize_runs").summarize(sweep)
+    assert sorted(j["overrides"]["model"] for j in summary["jobs"]) == ["deeplabv3plus", "unet"]

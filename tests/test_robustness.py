@@ -94,7 +94,8 @@ def test_resuming_a_copied_run_writes_only_into_the_copy(train_cfg, tmp_path):
     # monitor=step improves every epoch: each epoch writes a new best checkpoint and deletes the previous one.
     first = ["test=false", "callbacks.model_checkpoint.monitor=step"]
     original, copy = tmp_path / "original", tmp_path / "copy"
-    train(train_cfg(*first, "trainer.max_epochs=1", f"paths.output_dir={original}", model="u2netp"))
+    _, first_results = train(train_cfg(*first, "trainer.max_epochs=1", f"paths.output_dir={original}",
+                                       model="u2netp"))
     shutil.copytree(original, copy, symlinks=True)
     before = tree_state(original)
 
@@ -104,6 +105,9 @@ def test_resuming_a_copied_run_writes_only_into_the_copy(train_cfg, tmp_path):
     assert Path(results["best_checkpoint"]).parent == copy / "checkpoints"
     assert json.loads((copy / "results.json").read_text())["best_checkpoint"] == results["best_checkpoint"]
     assert (copy / "csv" / "resume-1" / "metrics.csv").is_file()
+    # The count of training photos carries over; the throughput is the resumed fit's own.
+    assert first_results["images_seen"] == 10 and results["images_seen"] == 20
+    assert results["images_per_s"] * results["fit_time_s"] == pytest.approx(10, rel=0.05)
     assert sorted(p.name for p in (copy / "checkpoints").glob("*.ckpt")) == ["epoch001-miou" + Path(
         results["best_checkpoint"]).name.split("miou")[1], "last.ckpt"]
     stored = torch.load(copy / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

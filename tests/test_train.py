@@ -46,8 +46,14 @@ def test_fast_dev_run(train_cfg, model, task):
 
 
 def test_full_run_writes_results_and_eval_reproduces_them(train_cfg, tmp_path, data_root):
-    cfg = train_cfg("trainer.max_epochs=2", "loss=wce")
+    # mode=min on the step: the first epoch's checkpoint is the best one, and the test loads it.
+    cfg = train_cfg("trainer.max_epochs=2", "loss=wce", "callbacks.model_checkpoint.monitor=step",
+                    "callbacks.model_checkpoint.mode=min")
     metric, results = train(cfg)
+    assert Path(results["best_checkpoint"]).name.startswith("epoch000")
+    # Training photos seen by the fit: 2 epochs of the 10 training photos, not the best checkpoint's count.
+    assert results["images_seen"] == 20
+    assert results["images_per_s"] == pytest.approx(20 / results["fit_time_s"], rel=0.05)
     out = Path(cfg.paths.output_dir)
     assert metric == pytest.approx(results["val_miou_best"]) and metric > 0
     assert (out / "checkpoints" / "last.ckpt").is_file() and Path(results["best_checkpoint"]).is_file()
