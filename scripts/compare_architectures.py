@@ -62,7 +62,7 @@ def job_row(job_dir: Path, res: dict, ms: dict[str, float], weak: list[str]) -> 
     net = cfg["model"]["net"]
     return {
         "model": cfg["model"]["name"], "arch": net.get("arch", cfg["model"]["name"]),
-        "encoder": net.get("encoder_name") or net.get("backbone") or "-",
+        "encoder": net.get("encoder_name") or "-",
         "params_m": round(parameter_count(res["best_checkpoint"]) / 1e6, 2),
         "input": "x".join(map(str, cfg["data"]["image_size"])) if cfg["data"]["image_size"] else "native",
         "epochs": res["epochs"], "images_seen": res.get("images_seen"), "train_min": round(res["fit_time_s"] / 60, 1),
@@ -104,14 +104,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sweep = Path(args.sweep)
     sweep.mkdir(parents=True, exist_ok=True)
     log = sweep / "compare.log"
-    if args.retrain or not finished_jobs(sweep):
+    jobs = finished_jobs(sweep)
+    if args.retrain or not jobs:
         run([sys.executable, "train.py", "experiment=compare_architectures", f"model={','.join(args.models)}",
              f"hydra.sweep.dir={sweep}", "trainer.enable_progress_bar=false",
              *([f"trainer.max_epochs={args.epochs}"] if args.epochs else []), *args.overrides], log)
-    jobs = finished_jobs(sweep)
-    missing = sorted(set(args.models) - {r["model"] for _, r in jobs})
-    if missing:
-        print(f"No results for {missing} in {sweep} (failed or not run: see the job logs there)", flush=True)
+        jobs = finished_jobs(sweep)
+        missing = sorted(set(args.models) - {r["model"] for _, r in jobs})  # what this call trained, not a reused sweep
+        if missing:
+            print(f"No results for {missing} in {sweep} (failed: see the job logs there)", flush=True)
     data = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("data.root=")), None)
     timed = {} if args.no_latency else latency(jobs, args.variants, data, sweep / "speed.json", log)
     names = jobs[0][1]["config"]["task"]["class_names"] if jobs else []
