@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fashionseg import ConfigError
+from fashionseg.distill import teacher_path
 
 
 def compose_config(config_name: str = "train", overrides: Sequence[str] = (),
@@ -121,6 +122,8 @@ def validate(cfg: DictConfig) -> None:
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None and epochs < 1 and epochs != -1:
         raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {epochs}.")
+    if cfg.get("distill"):
+        teacher_path(cfg.distill)
 
 
 def check_writable(directory: str | Path) -> Path:

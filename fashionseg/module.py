@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric
 
+from fashionseg.distill import Distiller
 from fashionseg.heads import Head, head_targets, heads_from_names
 from fashionseg.inference import check_scales, crop_and_resize, network_logits
 from fashionseg.metrics import SplitMetrics, labels_from_scores
@@ -64,6 +65,7 @@ class SegmentationModule(L.LightningModule):
         self.test_scores_per_set: dict[str, dict[str, float]] = {}
         self.images_seen = 0  # training photos fed to the network so far (kept by checkpoints)
         self.images_seen_at_start = 0  # ... when this fit started (a resumed run's count so far)
+        self.distiller: Distiller | None = None  # train.py's, with distill=kd: a teacher's extra target
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping, loss_cfg: DictConfig | Mapping | None = None,
@@ -137,6 +139,10 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self(batch["image"])
         loss = self.compute_loss(out, batch["mask"])
+        if self.distiller is not None:
+            distill = self.distiller.loss(batch["image"], out["out"], batch["mask"])
+            self.log("train/distill", distill, on_step=False, on_epoch=True, batch_size=len(batch["id"]))
+            loss = loss + self.distiller.weight * distill
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["id"]))
         self.images_seen += len(batch["id"])
         return loss

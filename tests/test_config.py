@@ -82,6 +82,8 @@ def test_unknown_key_is_rejected():
     ("loss=wce loss.weights=[1.0,2.0]", "loss.weights has 2 values .* task=fashion has 7 classes"),
     ("data.image_size=[100,64]", r"data.image_size=\[100, 64\] must be .* divisible by 32"),
     ("data.batch_size=0", "data.batch_size must be >= 1"),
+    ("distill=kd", "distill.teacher is not set: give distill.teacher=<teacher run>/checkpoints/<file>.ckpt"),
+    ("distill=kd distill.teacher=/nowhere/t.ckpt", "distill.teacher=/nowhere/t.ckpt does not exist"),
 ])
 def test_impossible_values_fail_fast(override, message):
     cfg = compose_cfg("train", [*override.split(), "paths.output_dir=/tmp/x"])
