@@ -22,10 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashionseg import ConfigError
+from fashionseg.data.datamodule import SUBSETS
 from fashionseg.heads import Head, head_targets
 from fashionseg.inference import network_logits
-
-SUBSETS = ("train", "val", "test")
 
 
 class Distiller:
@@ -96,7 +95,7 @@ class Distiller:
         if teacher.shape[-2:] != logits.shape[-2:]:
             teacher = F.interpolate(teacher, size=logits.shape[-2:], mode="bilinear", align_corners=False)
         students = [s for s, _ in self.pairs]
-        targets = head_targets(target, students) if len(students) > 1 else [target]
+        targets = head_targets(target, students)
         t = self.temperature
         total = logits.new_zeros((), dtype=torch.float32)
         for (student, teach), labels in zip(self.pairs, targets):
