@@ -1,5 +1,8 @@
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import hydra
 import numpy as np
@@ -168,3 +171,21 @@ def test_class_frequencies_leave_void_pixels_out(copy_root):
     freq = dm.class_frequencies()
     counts = sum(np.bincount(lab[lab != 255].ravel(), minlength=7) for _, lab in dm.datasets["train"].arrays)
     assert freq == pytest.approx(counts / counts.sum())
+
+
+def test_importing_the_data_pipeline_makes_no_network_request():
+    """albumentations asks PyPI for a newer release when it is imported, unless NO_ALBUMENTATIONS_UPDATE
+    is set: offline, every run and DataLoader process would wait for its timeout and print a warning."""
+    code = (
+        "import urllib.request\n"
+        "asked = []\n"
+        "def refuse(self, url, *args, **kwargs):\n"
+        "    asked.append(getattr(url, 'full_url', url))\n"
+        "    raise OSError('offline')\n"
+        "urllib.request.OpenerDirector.open = refuse\n"
+        "import fashionseg.data\n"
+        "print(asked)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", f"network requests at import: {done.stdout.strip()}"
