@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +14,11 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 from fashionseg.config import compose_config
+
+# torch.compile's one-off compile of the CRF takes tens of seconds on a fresh 2-core machine, in every process
+# that refines: the tests, and the train/eval processes they start, run it eagerly (the same results). The
+# compiled path has its own test, which turns compiling back on (test_postprocess.py).
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "fashionseg" / "conf")

@@ -105,8 +105,15 @@ def test_crf_agrees_with_pydensecrf2():
     assert (ours == theirs).mean() >= 0.98
 
 
-def test_crf_compiled_equals_eager_and_labels_are_argmax_of_marginals():
+def test_crf_compiled_equals_eager_and_labels_are_argmax_of_marginals(monkeypatch):
     """The default torch.compile path computes what the eager code does (one compile, ~30 s on 2 CPUs)."""
+    from torch._dynamo.utils import counters
+
+    from fashionseg.postprocess import permutohedral
+
+    monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)  # conftest turns compiling off for the other tests
+    monkeypatch.setattr(permutohedral, "_COMPILED", {})  # no wrapper made while compiling was off
+    counters.clear()
     cases = [two_region_case(seed=s, noise=0.5) for s in range(2)]
     images, probs = np.stack([c[0] for c in cases]), np.stack([c[1] for c in cases])
     eager, compiled = DenseCRF(backend="torch", compile=False), DenseCRF(backend="torch", compile=True)
@@ -115,6 +122,7 @@ def test_crf_compiled_equals_eager_and_labels_are_argmax_of_marginals():
     assert torch.allclose(q_eager, q_compiled, atol=1e-5)
     labels = compiled.refine_batch(images, probs)
     assert labels.dtype == np.uint8 and (labels == q_eager.argmax(1).numpy()).mean() > 0.999
+    assert counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
 
 
 def test_lattice_filter_in_any_pixel_order():

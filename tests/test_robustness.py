@@ -156,15 +156,17 @@ def test_a_callback_or_logger_without_target_is_an_error(train_cfg, override):
         train(train_cfg(override, "test=false", model="u2netp"))
 
 
-def test_unwritable_run_directory_gets_the_projects_message(tmp_path):
+# The sweep (-m) variant goes through the same check with hydra.sweep.dir: a slow-set variant.
+@pytest.mark.parametrize("multirun", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["run", "sweep"])
+def test_unwritable_run_directory_gets_the_projects_message(tmp_path, multirun):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    for args in ([f"hydra.run.dir={blocker / 'run'}"], ["-m", f"hydra.sweep.dir={blocker / 'sweep'}", "seed=1,2"]):
-        proc = run_train(args)
-        out = proc.communicate(timeout=120)[0]
-        assert proc.returncode == 1, out
-        assert re.search(r"Cannot write to the output directory .*a_file/(run|sweep).*hydra.run.dir", out), out
-        assert "Traceback" not in out and "Unable to configure handler" not in out, out
+    proc = run_train(["-m", f"hydra.sweep.dir={blocker / 'sweep'}", "seed=1,2"] if multirun
+                     else [f"hydra.run.dir={blocker / 'run'}"])
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1, out
+    assert re.search(r"Cannot write to the output directory .*a_file/(run|sweep).*hydra.run.dir", out), out
+    assert "Traceback" not in out and "Unable to configure handler" not in out, out
 
 
 def test_a_data_error_is_printed_once_without_traceback(data_root, tmp_path):
