@@ -84,7 +84,7 @@ def test_full_run_writes_results_and_eval_reproduces_them(train_cfg, tmp_path, d
 
 def test_model_learns_the_synthetic_task(train_cfg):
     """The whole pipeline (labels, augmentation, loss, upsampling, metrics) must let a model learn."""
-    cfg = train_cfg("trainer.max_epochs=12", "optimizer.lr=3e-3",
+    cfg = train_cfg("trainer.max_epochs=10", "optimizer.lr=3e-3",
                     "data.augment.scale=null", "data.augment.color_jitter=0", "callbacks.lr_monitor=null")
     _, results = train(cfg)
     assert results["test"]["miou"] > 0.6, results["test"]
