@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 PAGE = Path(__file__).parent / "web" / "index.html"
 REFINEMENTS = {  # name shown -> conf/postprocess/<name>.yaml
     "none": "none", "cleanup": "cleanup", "crf": "crf", "superpixels": "superpixel", "edges": "edges",
+    "guided filter": "guided",
 }
 HOW_TO_TRAIN = ("No trained {task} model is configured. Train one with `python train.py experiment={recipe}`, then "
                 "start the demo with `python app.py checkpoints.{task}=outputs/<run>/checkpoints/<best>.ckpt`.")

@@ -6,6 +6,7 @@ process (training: alternating rounds, median), so ratios compare like with like
     python scripts/benchmark_speed.py                                   # the issue's settings
     python scripts/benchmark_speed.py --ckpt outputs/.../best.ckpt --onnx   # + a trained recipe
     python scripts/benchmark_speed.py --sections infer --infer-models u2netp
+    python scripts/benchmark_speed.py --sections infer --infer-models --ckpt <ckpt> --refinement guided
 
 Sections:
   train  images/s of DeepLabv3+ (or --model) at --size/--batch through the LightningModule +
@@ -17,8 +18,10 @@ Sections:
   infer  ms per 600x400 photo, photo in -> label map out (resize, network, upsampling, argmax),
          batch 1, for each architecture config and each --ckpt; variants: eager fp32,
          channels_last, bf16 autocast, bf16 + channels_last, the same + torch.compile (weights frozen;
-         compile time excluded), ONNX Runtime (--onnx); --variants picks some. Peak resident memory of a
-         fresh process per model. A data set of other sizes: its first photo resized to 600x400.
+         compile time excluded), ONNX Runtime (--onnx); --variants picks some. With --refinement, each
+         checkpoint variant is also timed followed by that refinement (photo -> refined label map, as
+         predict.py). Peak resident memory of a fresh process per model. A data set of other sizes: its
+         first photo resized to 600x400.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -217,15 +221,24 @@ def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
             net, names, size, name = hydra.utils.instantiate(cfg.model.net), list(cfg.task.class_names), \
                 cfg.data.image_size, spec["model"]
         label = "native 608x416" if size is None else f"{size[0]}x{size[1]}"
+        refine = None
+        if spec.get("refinement"):  # photo -> probabilities -> refined label map, as predict.py does
+            from fashionseg.postprocess.evaluate import load_refinements
+
+            refine_name, params = spec["refinement"]
+            refine = load_refinements([refine_name], {refine_name: params})[refine_name]
         for variant in spec["variants"]:
             opts = VARIANTS[variant]
             predictor = Predictor(copy.deepcopy(net), names, size, **opts)
-            try:
-                rows.append({"model": name, "input": label, "variant": variant,
-                             "ms": 1000 * time_call(lambda p=predictor: p([photo]))})
-            except Exception as e:  # e.g. torch.compile without a C++ compiler: report it, time the rest
-                rows.append({"model": name, "input": label, "variant": variant,
-                             "error": f"{type(e).__name__}: {e}"[:300]})
+            calls = {variant: lambda p=predictor: p([photo])}
+            if refine is not None:
+                calls[f"{variant} + {refine.name}"] = lambda p=predictor: refine(photo, p.probabilities([photo])[0])
+            for key, call in calls.items():
+                try:
+                    rows.append({"model": name, "input": label, "variant": key, "ms": 1000 * time_call(call)})
+                except Exception as e:  # e.g. torch.compile without a C++ compiler: report it, time the rest
+                    rows.append({"model": name, "input": label, "variant": key,
+                                 "error": f"{type(e).__name__}: {e}"[:300]})
         if spec.get("onnx"):
             from fashionseg.export import OnnxRunner, export_onnx
 
@@ -252,8 +265,17 @@ def bench_infer(args, root: str) -> list[dict]:
     # ONNX export (torch.onnx dynamo) takes a minute or more per network: only for the trained checkpoints.
     specs = [{"model": m, "task": args.infer_task, "size": size, "onnx": False} for m in args.infer_models]
     specs += [{"ckpt": c, "name": Path(c).parent.parent.name or Path(c).stem, "onnx": args.onnx} for c in args.ckpt]
+    refinement = None
+    if args.refinement:
+        params = {}
+        for item in args.refinement_params:
+            key, _, value = item.partition("=")
+            if not (key and value):
+                sys.exit(f"--refinement-params {item!r}: expected <param>=<value>, e.g. radius=6.")
+            params[key] = yaml.safe_load(value)
+        refinement = (args.refinement, params)
     for spec in specs:
-        spec["variants"] = args.variants
+        spec["variants"], spec["refinement"] = args.variants, refinement if spec.get("ckpt") else None
     ctx = mp.get_context("spawn")
     rows = []
     for spec in specs:
@@ -297,6 +319,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ckpt", nargs="*", default=[], help="trained checkpoints to time at their own input size")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
                    help=f"inference variants to time (default: all): {', '.join(map(repr, VARIANTS))}")
+    p.add_argument("--refinement", help="also time each --ckpt's variants followed by this refinement "
+                   "(conf/postprocess/<name>.yaml: photo -> probabilities -> refined label map, as predict.py)")
+    p.add_argument("--refinement-params", nargs="*", default=[], metavar="PARAM=VALUE",
+                   help="the refinement's parameters, e.g. radius=6 eps=0.001")
     p.add_argument("--onnx", action="store_true",
                    help="also time ONNX Runtime for each --ckpt (needs the deploy extra)")
     p.add_argument("--out", default=str(ROOT / "outputs/benchmarks/speed.json"))

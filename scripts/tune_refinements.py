@@ -30,13 +30,14 @@ from fashionseg.evaluate import checkpoint_datamodule
 from fashionseg.memory import keep_freed_memory
 from fashionseg.postprocess.evaluate import evaluate_refinements, load_refinements
 
-# Around each refinement's defaults (conf/postprocess/): 1 + 4 + 12 + 6 + 9 settings.
+# Around each refinement's defaults (conf/postprocess/): 1 + 4 + 12 + 6 + 9 + 18 settings.
 GRIDS = {
     "none": {},
     "cleanup": {"min_size": [0.0005, 0.001, 0.002, 0.005]},
     "crf": {"bilateral_compat": [3, 5, 10], "bilateral_srgb": [5, 13], "bilateral_sxy": [40, 80]},
     "superpixel": {"scale": [50, 100, 200], "merge": [None, "rag"]},
     "edges": {"prob_weight": [0.25, 0.5, 0.75], "threshold": [0.01, 0.02, 0.05]},
+    "guided": {"radius": [4, 6, 8], "eps": [1e-4, 1e-3, 1e-2], "guide": ["rgb", "gray"]},
 }
 
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", default=None, help="data set root (default: paths.data_dir)")
     p.add_argument("--tta", action="store_true",
                    help="horizontal-flip test-time augmentation (as eval.py tta_hflip=true)")
-    p.add_argument("--refinements", nargs="+", default=["none", "cleanup", "crf", "superpixel", "edges"])
+    p.add_argument("--refinements", nargs="+", default=list(GRIDS))
     p.add_argument("--grid", nargs="*", default=[], help="replace one parameter list: <refinement>.<param>=v1,v2")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--scales", type=float, nargs="+", default=[1.0],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fashionseg.postprocess import DenseCRF, EdgeRegionVote, Identity, SmallRegionCleanup, SuperpixelVote
+from fashionseg.postprocess import DenseCRF, EdgeRegionVote, GuidedFilter, Identity, SmallRegionCleanup, SuperpixelVote
 from fashionseg.postprocess.superpixel import vote
 
 
@@ -27,7 +27,8 @@ REFINEMENTS = [Identity(), SmallRegionCleanup(min_size=20), SuperpixelVote(),
                SuperpixelVote(method="slic", n_segments=50),
                SuperpixelVote(merge="rag"), SuperpixelVote(merge="kmeans", clusters=10),
                DenseCRF(backend="torch", compile=False), EdgeRegionVote(), EdgeRegionVote(detector="canny"),
-               EdgeRegionVote(segments="slic", compactness=10, n_segments=50)]
+               EdgeRegionVote(segments="slic", compactness=10, n_segments=50), GuidedFilter(),
+               GuidedFilter(guide="gray", subsample=1)]
 
 
 @pytest.mark.parametrize("refine", REFINEMENTS, ids=lambda r: f"{r.name}-{getattr(r, 'merge', '')}")
@@ -82,6 +83,54 @@ def test_edges_restore_a_blurred_boundary_to_the_photos_sharp_edge():
     assert unmerged.regions(image, edges).max() + 1 > 100 and merged.regions(image, edges).max() + 1 <= 6
     with pytest.raises(ValueError, match="detector must be sobel or canny"):
         EdgeRegionVote(detector="laplace")
+
+
+def shifted_boundary_case(left: tuple, right: tuple, shift: float = 2.5):
+    """A photo with a sharp colour edge at column 60; probabilities whose soft boundary lies ``shift`` pixels right of
+    it (columns 60-62 wrong in every row, as a blurred, upsampled decoder output)."""
+    h, w, edge = 80, 120, 60
+    rng = np.random.default_rng(0)
+    image = np.zeros((h, w, 3), np.float64)
+    image[:, :edge], image[:, edge:] = left, right
+    image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    truth = np.zeros((h, w), np.uint8)
+    truth[:, edge:] = 1
+    p1 = 1 / (1 + np.exp(-(np.arange(w)[None, :].repeat(h, 0) - (edge + shift)) / 2.0))
+    return image, np.stack([1 - p1, p1]).astype(np.float32), truth
+
+
+def test_guided_filter_moves_a_soft_boundary_onto_the_photos_edge():
+    image, probs, truth = shifted_boundary_case((40, 40, 40), (200, 200, 200))  # a light/dark edge
+    assert ((probs.argmax(0) != truth).sum(1) == 3).all()
+    for refine in (GuidedFilter(radius=8), GuidedFilter(radius=8, guide="gray"), GuidedFilter(radius=6, subsample=1)):
+        wrong = (refine(image, probs) != truth).sum(1)
+        assert wrong.mean() < 0.1 and wrong.max() <= 1, (refine.radius, refine.guide, wrong.mean())  # was 3
+    # Red beside blue of about the same luminance: the colour guide sees the edge, the grey one does not.
+    image, probs, truth = shifted_boundary_case((180, 60, 50), (40, 70, 190))
+    assert (GuidedFilter(radius=8)(image, probs) != truth).sum(1).mean() < 0.1
+    assert (GuidedFilter(radius=8, guide="gray")(image, probs) != truth).sum(1).mean() > 2.5
+    # A window that does not reach the edge leaves a 3-pixel shift mostly in place.
+    assert (GuidedFilter(radius=2)(image, probs) != truth).sum(1).mean() > 1.5
+
+
+def test_guided_filter_of_two_classes_equals_filtering_both_and_batches_equal_one_by_one():
+    from kornia.filters import guided_blur
+
+    cases = [two_region_case(seed=s, noise=0.5) for s in range(3)]
+    images, probs = np.stack([c[0] for c in cases]), np.stack([c[1] for c in cases])
+    refine = GuidedFilter(radius=4, eps=1e-2)
+    guide = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    both = guided_blur(guide, torch.from_numpy(probs), 9, 1e-2, subsample=2).argmax(1).numpy()
+    batch = refine.refine_batch(images, probs)
+    assert batch.dtype == np.uint8 and (batch == both).mean() > 0.999
+    assert (batch == np.stack([refine(i, p) for i, p in zip(images, probs)])).all()
+    # More than two classes: every class map is filtered.
+    k3 = np.concatenate([probs * 0.8, np.full_like(probs[:, :1], 0.2)], 1)
+    assert (refine.refine_batch(images, k3) == batch).all()  # the constant class never wins
+    for bad, match in ((dict(guide="lab"), "guide must be rgb or gray"), (dict(radius=0), "radius must be"),
+                       (dict(radius=4, subsample=5), "subsample must be"), (dict(eps=0), "eps must be")):
+        with pytest.raises(ValueError, match=match):
+            GuidedFilter(**bad)
 
 
 def test_crf_batch_equals_one_by_one():
@@ -181,11 +230,11 @@ def test_eval_and_test_end_callback_report_refinements_side_by_side(train_cfg, t
 
     _, results = train(train_cfg("callbacks=refine", "task=person"))
     report = results["refinements"]
-    assert set(report) == {"none", "cleanup", "crf", "superpixel", "edges", "network_ms_per_image"}
+    assert set(report) == {"none", "cleanup", "crf", "superpixel", "edges", "guided", "network_ms_per_image"}
     # The unrefined row is the test score itself, Boundary IoU included.
     assert abs(report["none"]["miou"] - results["test"]["miou"]) < 1e-9
     assert report["none"]["boundary_iou"] == pytest.approx(results["test"]["boundary_iou"], abs=1e-9)
-    for method in ("cleanup", "crf", "superpixel", "edges"):
+    for method in ("cleanup", "crf", "superpixel", "edges", "guided"):
         cm = np.array(report[method]["confusion"], dtype=np.float64)
         assert cm.sum() == sum(sum(row) for row in results["test_confusion"])  # every test pixel, once
         union = cm.sum(0) + cm.sum(1) - np.diag(cm)

@@ -21,8 +21,8 @@ class RefinementReport(L.Callback):
     ``test_refined/<task>/<method>/miou``), the table in the log.
     """
 
-    def __init__(self, methods: Sequence[str] = ("none", "cleanup", "crf", "superpixel", "edges"), batch_size: int = 8,
-                 params: dict | None = None):
+    def __init__(self, methods: Sequence[str] = ("none", "cleanup", "crf", "superpixel", "edges", "guided"),
+                 batch_size: int = 8, params: dict | None = None):
         self.methods, self.batch_size, self.params = list(methods), batch_size, dict(params or {})
 
     def on_test_end(self, trainer: L.Trainer, module) -> None:

@@ -9,7 +9,8 @@ from fashionseg.postprocess.base import Identity, Refinement, check_inputs
 from fashionseg.postprocess.cleanup import SmallRegionCleanup
 from fashionseg.postprocess.crf import DenseCRF
 from fashionseg.postprocess.edges import EdgeRegionVote
+from fashionseg.postprocess.guided import GuidedFilter
 from fashionseg.postprocess.superpixel import SuperpixelVote
 
-__all__ = ["DenseCRF", "EdgeRegionVote", "Identity", "Refinement", "SmallRegionCleanup", "SuperpixelVote",
-           "check_inputs"]
+__all__ = ["DenseCRF", "EdgeRegionVote", "GuidedFilter", "Identity", "Refinement", "SmallRegionCleanup",
+           "SuperpixelVote", "check_inputs"]

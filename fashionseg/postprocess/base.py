@@ -25,6 +25,15 @@ def check_inputs(image: np.ndarray, probs: np.ndarray | torch.Tensor) -> tuple[n
     return image, np.ascontiguousarray(probs, dtype=np.float32)
 
 
+def check_batch(images: np.ndarray, probs: np.ndarray) -> None:
+    """Validate a batch of same-size photos: images (B, H, W, 3) uint8, probs (B, K, H, W); each as ``check_inputs``."""
+    if images.ndim != 4 or probs.ndim != 4 or images.shape[0] != probs.shape[0]:
+        raise ValueError(f"refine_batch needs images (B, H, W, 3) and probs (B, K, H, W); got {images.shape}, "
+                         f"{probs.shape}.")
+    for image, p in zip(images, probs):
+        check_inputs(image, p)
+
+
 class Refinement:
     """Base class: ``__call__(image, probs) -> label (H, W) uint8``."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fashionseg.postprocess.base import Refinement, check_inputs
+from fashionseg.postprocess.base import Refinement, check_batch
 
 
 class DenseCRF(Refinement):
@@ -52,11 +52,7 @@ class DenseCRF(Refinement):
 
     def refine_batch(self, images: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Same-size photos at once: images (B, H, W, 3) uint8, probs (B, K, H, W) -> labels (B, H, W) uint8."""
-        if images.ndim != 4 or probs.ndim != 4 or images.shape[0] != probs.shape[0]:
-            raise ValueError(f"refine_batch needs images (B, H, W, 3) and probs (B, K, H, W); got {images.shape}, "
-                             f"{probs.shape}.")
-        for image, p in zip(images, probs):
-            check_inputs(image, p)
+        check_batch(images, probs)
         if self.backend == "pydensecrf2":
             return np.stack([self.marginals(i, p).argmax(0) for i, p in zip(images, probs)]).astype(np.uint8)
         probs = torch.as_tensor(probs, dtype=torch.float32)
