@@ -39,9 +39,10 @@ train: install
 train-person: install
 	$(PY) train.py model=deeplabv3plus task=person $(ARGS)
 
-# Lint, then the hermetic tests (synthetic data, offline).
+# Lint, then the hermetic tests (synthetic data, offline), in TEST_WORKERS processes (pytest-xdist).
+TEST_WORKERS ?= 2
 test: install browser lint
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 # Also the slow tests on the real data set.
 test-all: install
