@@ -4,8 +4,8 @@ The network's probabilities are blurred at boundaries (a stride-4 decoder on a p
 input size, then upsampled); the photo's edges are sharp. The guided filter (He, Sun and Tang, *Guided
 Image Filtering*, 2010) fits each probability map, in every window, as a linear function of the photo:
 where the photo has an edge, the filtered probability steps with it; where the photo is flat, it is
-smoothed. With ``subsample`` > 1 the linear coefficients are fitted on a subsampled grid and upsampled
-(*Fast Guided Filter*, He and Sun, 2015), which is what keeps it within a few milliseconds per photo.
+smoothed. With ``subsample`` > 1 the linear coefficients are fitted on a grid ``subsample`` times coarser
+and upsampled (*Fast Guided Filter*, He and Sun, 2015), which does most of the work on fewer pixels.
 kornia's ``guided_blur`` does the filtering.
 """
 
