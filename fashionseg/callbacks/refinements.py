@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import lightning as L
 
 from fashionseg.memory import keep_freed_memory
-from fashionseg.postprocess.evaluate import load_refinements, module_refinements, refinement_tables
+from fashionseg.postprocess.evaluate import load_refinements, module_refinements, refinement_names, refinement_tables
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +21,9 @@ class RefinementReport(L.Callback):
     ``test_refined/<task>/<method>/miou``), the table in the log.
     """
 
-    def __init__(self, methods: Sequence[str] = ("none", "cleanup", "crf", "superpixel", "edges", "guided"),
-                 batch_size: int = 8, params: dict | None = None):
-        self.methods, self.batch_size, self.params = list(methods), batch_size, dict(params or {})
+    def __init__(self, methods: Sequence[str] | None = None, batch_size: int = 8, params: dict | None = None):
+        self.methods = list(methods) if methods is not None else refinement_names()  # default: every refinement
+        self.batch_size, self.params = batch_size, dict(params or {})
 
     def on_test_end(self, trainer: L.Trainer, module) -> None:
         if not trainer.is_global_zero or trainer.datamodule is None:

@@ -17,13 +17,19 @@ from fashionseg.heads import Head, head_label
 from fashionseg.postprocess.base import Refinement
 
 
+def refinement_names() -> list[str]:
+    """Every refinement with a config (fashionseg/conf/postprocess/<name>.yaml): ``none`` first, then by name."""
+    names = sorted(p.name.removesuffix(".yaml") for p in resources.files("fashionseg.conf").joinpath("postprocess")
+                   .iterdir() if p.name.endswith(".yaml"))
+    return sorted(names, key=lambda name: name != "none")
+
+
 def load_refinements(names: Sequence[str], overrides: Mapping | None = None) -> dict[str, Refinement]:
     """Instantiate the ``postprocess`` config of each name (fashionseg/conf/postprocess/<name>.yaml, composed
     by Hydra), with optional per-name parameter overrides, e.g. ``{"crf": {"bilateral_sxy": 40}}``."""
     if not names:
         return {}
-    valid = sorted(p.name.removesuffix(".yaml") for p in resources.files("fashionseg.conf").joinpath("postprocess")
-                   .iterdir() if p.name.endswith(".yaml"))
+    valid = refinement_names()
     unknown = [name for name in names if name not in valid]
     if unknown:
         raise ValueError(f"Unknown refinement {unknown[0]!r}; valid: {valid}.")
