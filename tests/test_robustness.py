@@ -142,7 +142,7 @@ def test_callback_groups_compose_with_experiments():
     cfg = compose_cfg("train", ["experiment=best_person", "callbacks=ema"])
     assert {"model_checkpoint", "ema", "refinements"} <= set(cfg.callbacks)
     assert cfg.callbacks.refinements._target_.endswith("RefinementReport")
-    assert list(cfg.callbacks.refinements.methods) == ["none", "crf"]
+    assert list(cfg.callbacks.refinements.methods) == ["none", "guided", "crf"]
     # Adding the callback keeps what the experiment set on the others (no validation split: no monitor).
     assert cfg.callbacks.model_checkpoint.monitor is None
     several = compose_cfg("train", ["callbacks=[ema,refine,snapshots]"]).callbacks
