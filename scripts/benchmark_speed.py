@@ -137,8 +137,6 @@ def bench_train(args, root: str) -> dict:
     module = SegmentationModule.from_config(cfg)
     bare_net = copy.deepcopy(module.net)  # same initial weights
     bf16 = str(cfg.trainer.precision).startswith("bf16")
-    void = cfg.task.get("ignore_index")
-    void = -100 if void is None else void  # F.cross_entropy's "none"
     ours, bare = [], []
     with tempfile.TemporaryDirectory() as log_dir:
         for r in range(args.rounds):  # alternate the order so that drift hits both alike
@@ -147,7 +145,7 @@ def bench_train(args, root: str) -> dict:
                     ours.append(time_ours(cfg, module, datamodule, args.warmup, args.steps, log_dir))
                 else:
                     bare.append(time_bare(bare_net, datamodule.datasets["train"], args.batch, cfg.optimizer.lr, bf16,
-                                          args.warmup, args.steps, ignore_index=void))
+                                          args.warmup, args.steps, ignore_index=module.loss.ignore_index))
             print(f"  round {r + 1}/{args.rounds}: ours {ours[-1]:.2f} img/s, bare {bare[-1]:.2f} img/s", flush=True)
     ratios = [o / b for o, b in zip(ours, bare)]
     return {

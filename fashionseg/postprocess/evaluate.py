@@ -19,9 +19,9 @@ from fashionseg.postprocess.base import Refinement
 
 def refinement_names() -> list[str]:
     """Every refinement with a config (fashionseg/conf/postprocess/<name>.yaml): ``none`` first, then by name."""
-    names = sorted(p.name.removesuffix(".yaml") for p in resources.files("fashionseg.conf").joinpath("postprocess")
-                   .iterdir() if p.name.endswith(".yaml"))
-    return sorted(names, key=lambda name: name != "none")
+    names = (p.name.removesuffix(".yaml") for p in resources.files("fashionseg.conf").joinpath("postprocess").iterdir()
+             if p.name.endswith(".yaml"))
+    return sorted(names, key=lambda name: (name != "none", name))
 
 
 def load_refinements(names: Sequence[str], overrides: Mapping | None = None) -> dict[str, Refinement]:
