@@ -50,8 +50,20 @@ def parse_grid(items: list[str]) -> dict:
             raise SystemExit(
                 f"--grid {item!r}: expected <refinement>.<param>=v1,v2 with refinement in {sorted(grids)}."
             )
-        grids[name][param] = [yaml.safe_load(v) for v in values.split(",")]
+        grids[name][param] = [grid_value(v) for v in values.split(",")]
     return grids
+
+
+def grid_value(text: str):
+    """One grid value as YAML reads it (``null``, ``rag``, ``40``), except that numbers in exponent form
+    without a dot (``1e-4``), which YAML 1.1 reads as strings, are numbers."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def settings(grid: dict) -> list[dict]:

@@ -113,6 +113,24 @@ def test_guided_filter_moves_a_soft_boundary_onto_the_photos_edge():
     assert (GuidedFilter(radius=2)(image, probs) != truth).sum(1).mean() > 1.5
 
 
+def test_guided_filter_leaves_probabilities_in_place_on_a_flat_photo():
+    # On a flat photo the guided filter is a box blur of the probabilities: centred, it moves nothing.
+    # The Fast Guided Filter's coarse window, 2 * radius // subsample + 1 pixels, is centred only when odd;
+    # an even one (radius 3 at subsample 2) moved every boundary by two pixels.
+    image = np.full((48, 96, 3), 128, np.uint8)
+    probs = np.zeros((2, 48, 96), np.float32)
+    probs[1, 12:36, 40:56] = 1.0
+    probs[0] = 1.0 - probs[1]
+    cols, rows = np.arange(96), np.arange(48)
+    for radius, subsample in ((2, 1), (3, 1), (2, 2), (4, 2), (6, 2)):
+        q = GuidedFilter(radius=radius, eps=1e-2, subsample=subsample).filtered(image[None], probs[None])[0, 1].numpy()
+        centre = (q.sum(0) @ cols / q.sum(), q.sum(1) @ rows / q.sum())
+        assert np.allclose(centre, (47.5, 23.5), atol=0.05), (radius, subsample, centre)
+    for radius, subsample in ((3, 2), (5, 2), (5, 3)):
+        with pytest.raises(ValueError, match=f"radius={radius} with subsample={subsample}"):
+            GuidedFilter(radius=radius, subsample=subsample)
+
+
 def test_guided_filter_of_two_classes_equals_filtering_both_and_batches_equal_one_by_one():
     from kornia.filters import guided_blur
 
@@ -277,3 +295,13 @@ def test_tune_refinements_picks_the_best_validation_setting(person_ckpt, data_ro
     assert json.loads(out.read_text())["best"] == result["best"]
     with pytest.raises(SystemExit, match="expected"):
         tune_refinements.main(["--ckpt", str(person_ckpt), "--grid", "cleanup=3"])
+
+
+def test_tune_refinements_grid_reads_exponent_numbers_as_numbers():
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; the grid must still give the refinement a number."""
+    from tests.conftest import load_script
+
+    grids = load_script("tune_refinements").parse_grid(["guided.eps=1e-4,0.001,2E-3", "superpixel.merge=null,rag"])
+    assert grids["guided"]["eps"] == [1e-4, 0.001, 2e-3]
+    assert all(isinstance(v, float) for v in grids["guided"]["eps"])
+    assert grids["superpixel"]["merge"] == [None, "rag"]

@@ -28,7 +28,8 @@ class GuidedFilter(Refinement):
             ``sqrt(eps)`` are followed, weaker ones smoothed over.
         guide: ``rgb`` (the colour photo: follows colour edges; slower) or ``gray`` (its luminance).
         subsample: fit the coefficients on every ``subsample``-th pixel (Fast Guided Filter); 1 for the
-            exact filter.
+            exact filter. Above 1, ``2 * radius // subsample`` must be even (e.g. an even radius for 2), so
+            that the coarse window is centred.
     """
 
     name = "guided"
@@ -40,6 +41,14 @@ class GuidedFilter(Refinement):
             raise ValueError(f"radius must be an integer >= 1 (pixels), got {radius!r}.")
         if not (isinstance(subsample, int) and 1 <= subsample <= radius):
             raise ValueError(f"subsample must be an integer from 1 to radius ({radius}), got {subsample!r}.")
+        if subsample > 1 and (2 * radius // subsample) % 2:
+            # kornia fits the coefficients with a window of 2 * radius // subsample + 1 coarse pixels; an even
+            # one sits half a coarse pixel off centre, and the filtered maps move by ``subsample`` pixels.
+            ok = [r for r in range(max(1, radius - subsample), radius + subsample + 1)
+                  if r >= subsample and (2 * r // subsample) % 2 == 0]
+            raise ValueError(f"radius={radius} with subsample={subsample} gives the coarse grid an even window "
+                             f"({2 * radius // subsample + 1} pixels), which moves the result off centre; use a "
+                             f"radius such as {' or '.join(map(str, ok[:2]))}, or subsample=1.")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}.")
         self.radius, self.eps, self.guide, self.subsample = radius, float(eps), guide, subsample
