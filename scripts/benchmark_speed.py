@@ -64,9 +64,10 @@ VARIANTS = {  # name -> Predictor options
 }
 
 
-def compose_cfg(overrides: list[str]):
-    out_dir = Path(tempfile.gettempdir()) / "fashionseg-benchmark"  # no Hydra run dir outside train.py
-    return compose_config("train", [f"paths.output_dir={out_dir}", *overrides])
+def compose_cfg(overrides: list[str], output_dir: str | None = None):
+    """train.py's config without a Hydra run. ``output_dir``: where a section's run writes (its logs), a
+    folder the section owns and removes; None for sections that write nothing."""
+    return compose_config("train", [f"paths.output_dir={output_dir or 'null'}", *overrides])
 
 
 def data_root(args) -> str:
@@ -127,10 +128,16 @@ def time_bare(net, dataset, batch_size: int, lr: float, bf16: bool, warmup: int,
 
 
 def bench_train(args, root: str) -> dict:
+    with tempfile.TemporaryDirectory() as log_dir:
+        return bench_train_in(args, root, log_dir)
+
+
+def bench_train_in(args, root: str, log_dir: str) -> dict:
+    """``bench_train`` with its runs' logs in ``log_dir``."""
     h, w = args.size
     cfg = compose_cfg([f"model={args.model}", "loss=ce", f"data.image_size=[{h},{w}]", f"data.batch_size={args.batch}",
                        "data.num_workers=0", f"data.root={root}", "model.net.encoder_weights=null", "logger=csv",
-                       *args.overrides])
+                       *args.overrides], output_dir=log_dir)
     L.seed_everything(0, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")
@@ -138,15 +145,14 @@ def bench_train(args, root: str) -> dict:
     bare_net = copy.deepcopy(module.net)  # same initial weights
     bf16 = str(cfg.trainer.precision).startswith("bf16")
     ours, bare = [], []
-    with tempfile.TemporaryDirectory() as log_dir:
-        for r in range(args.rounds):  # alternate the order so that drift hits both alike
-            for which in (("ours", "bare") if r % 2 == 0 else ("bare", "ours")):
-                if which == "ours":
-                    ours.append(time_ours(cfg, module, datamodule, args.warmup, args.steps, log_dir))
-                else:
-                    bare.append(time_bare(bare_net, datamodule.datasets["train"], args.batch, cfg.optimizer.lr, bf16,
-                                          args.warmup, args.steps, ignore_index=module.loss.ignore_index))
-            print(f"  round {r + 1}/{args.rounds}: ours {ours[-1]:.2f} img/s, bare {bare[-1]:.2f} img/s", flush=True)
+    for r in range(args.rounds):  # alternate the order so that drift hits both alike
+        for which in (("ours", "bare") if r % 2 == 0 else ("bare", "ours")):
+            if which == "ours":
+                ours.append(time_ours(cfg, module, datamodule, args.warmup, args.steps, log_dir))
+            else:
+                bare.append(time_bare(bare_net, datamodule.datasets["train"], args.batch, cfg.optimizer.lr, bf16,
+                                      args.warmup, args.steps, ignore_index=module.loss.ignore_index))
+        print(f"  round {r + 1}/{args.rounds}: ours {ours[-1]:.2f} img/s, bare {bare[-1]:.2f} img/s", flush=True)
     ratios = [o / b for o, b in zip(ours, bare)]
     return {
         "model": cfg.model.name, "encoder": cfg.model.net.get("encoder_name"), "input_hw": [h, w],

@@ -7,15 +7,20 @@ from tests.conftest import load_script, paint_void_bands
 benchmark_speed = load_script("benchmark_speed")
 
 
-def test_train_section_skips_void_pixels_in_both_loops(data_root, tmp_path):
+def test_train_section_skips_void_pixels_in_both_loops(data_root, tmp_path, monkeypatch):
     # Void pixels (255) reach the loss in real data (unlabelled gaps, the augmentation's border fill).
     # Our loop ignores them through the loss config; the bare loop must do the same work, not fail on them.
     root = shutil.copytree(data_root, tmp_path / "data")
     paint_void_bands(root, suffix="person")
     out = tmp_path / "speed.json"
+    system_tmp = tmp_path / "system-tmp"  # what tempfile.gettempdir() returns during the run
+    system_tmp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(system_tmp))
     result = benchmark_speed.main(["--sections", "train", "--data", str(root), "--size", "64", "96", "--batch", "2",
                                    "--rounds", "1", "--warmup", "1", "--steps", "1", "--out", str(out),
                                    "task=person", "trainer.precision=32-true"])
     train = result["train"]
     assert train["ours_median"] > 0 and train["bare_median"] > 0
     assert out.is_file()
+    # Its training logs (logger=csv) live and die with the run's temporary folder: nothing is left behind.
+    assert list(system_tmp.iterdir()) == []
