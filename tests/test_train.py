@@ -289,3 +289,43 @@ def test_eval_reads_another_set_with_its_own_config(fashion_ckpt, own_numbering_
     results = evaluate(cfg)
     assert results["images"] == 20
     assert sum(map(sum, results["confusion"])) == 20 * 96 * 64 - sum(void.values())
+
+
+def test_loss_switch_trains_the_last_epochs_on_its_loss(train_cfg):
+    from tests.helpers import CountedLoss
+
+    CountedLoss.training_calls = 0
+    cfg = train_cfg("trainer.max_epochs=3", "task=person", "callbacks=lovasz_last",
+                    "callbacks.loss_switch.last_epochs=1",
+                    "callbacks.loss_switch.loss._target_=tests.helpers.CountedLoss", "data.batch_size=2")
+    _, results = train(cfg)
+    steps_per_epoch = len(results["split"]["train"]) // 2
+    assert CountedLoss.training_calls == steps_per_epoch  # the last epoch's steps, no others
+    assert results["epochs"] == 3
+
+
+def test_loss_switch_follows_the_epoch_and_refuses_what_it_cannot_switch():
+    from types import SimpleNamespace
+
+    from fashionseg import ConfigError
+    from fashionseg.callbacks import LossSwitch
+    from fashionseg.losses import CrossEntropy, Dice, Lovasz
+
+    module = SimpleNamespace(loss=Dice())
+    switch = LossSwitch(Lovasz(), last_epochs=2)
+    trainer = SimpleNamespace(max_epochs=5, current_epoch=0)
+    switch.on_fit_start(trainer, module)
+    used = []
+    for epoch in (0, 1, 2, 3, 4, 2):  # the last: a run resumed at epoch 2
+        trainer.current_epoch = epoch
+        switch.on_train_epoch_start(trainer, module)
+        used.append(type(module.loss).__name__)
+    assert used == ["Dice", "Dice", "Dice", "Lovasz", "Lovasz", "Dice"]
+    switch.on_fit_end(trainer, module)
+    assert isinstance(module.loss, Dice)
+    with pytest.raises(ConfigError, match="last_epochs=5 needs trainer.max_epochs above it"):
+        LossSwitch(Lovasz(), last_epochs=5).on_fit_start(trainer, module)
+    with pytest.raises(ConfigError, match="has state"):
+        LossSwitch(Lovasz(), 1).on_fit_start(trainer, SimpleNamespace(loss=CrossEntropy(weights=[1.0, 2.0])))
+    with pytest.raises(ConfigError, match="integer >= 1"):
+        LossSwitch(Lovasz(), 0)
