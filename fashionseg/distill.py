@@ -42,16 +42,20 @@ class Distiller:
         weight: the term's weight in the training loss.
         tta_hflip: the teacher's logits averaged with its mirror image's.
         ignore_index: label of pixels that count for nothing (void).
+        scale: the teacher sees the batch resized by this factor (sides rounded to 32), its logits resized
+            back: a teacher trained at another input size (e.g. 1.25 for a 608x416 teacher of a 480x320
+            student).
     """
 
     def __init__(self, teacher: nn.Module, pairs: Sequence[tuple[Head, Head]], temperature: float = 2.0,
-                 weight: float = 1.0, tta_hflip: bool = False, ignore_index: int | None = None):
-        if temperature <= 0 or weight < 0:
-            raise ConfigError(f"distill.temperature must be > 0 and distill.weight >= 0, got {temperature} "
-                              f"and {weight}.")
+                 weight: float = 1.0, tta_hflip: bool = False, ignore_index: int | None = None,
+                 scale: float = 1.0):
+        if temperature <= 0 or weight < 0 or scale <= 0:
+            raise ConfigError(f"distill.temperature and distill.scale must be > 0 and distill.weight >= 0, got "
+                              f"{temperature}, {scale} and {weight}.")
         self.teacher = teacher.eval().requires_grad_(False)
         self.pairs, self.temperature, self.weight = list(pairs), float(temperature), float(weight)
-        self.tta_hflip, self.ignore_index = tta_hflip, ignore_index
+        self.tta_hflip, self.ignore_index, self.scale = tta_hflip, ignore_index, float(scale)
 
     @classmethod
     def from_config(cls, cfg: Mapping, student_heads: Sequence[Head], ids: Mapping,
@@ -73,7 +77,7 @@ class Distiller:
                     "of the same task (or a joint one with that task).")
             pairs.append((head, match))
         return cls(teacher.net, pairs, cfg.get("temperature", 2.0), cfg.get("weight", 1.0),
-                   cfg.get("tta_hflip", False), ignore_index)
+                   cfg.get("tta_hflip", False), ignore_index, cfg.get("scale", 1.0))
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -81,7 +85,7 @@ class Distiller:
         device = next(self.teacher.parameters()).device
         if device != images.device:
             self.teacher.to(images.device)
-        return network_logits(self.teacher, images, self.tta_hflip)
+        return network_logits(self.teacher, images, self.tta_hflip, (self.scale,))
 
     def loss(self, images: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``T^2 * KL(teacher || student)`` per labelled pixel, averaged, summed over the heads.

@@ -104,3 +104,31 @@ def compose_split(cfg) -> dict:
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")
     return datamodule.ids
+
+
+def test_a_teacher_of_another_input_size_sees_the_batch_at_its_scale():
+    class Recorder(nn.Module):
+        """A teacher that keeps the size it was shown and answers 'person' everywhere."""
+
+        def __init__(self):
+            super().__init__()
+            self.anchor, self.seen = nn.Parameter(torch.zeros(())), None
+
+        def forward(self, images):
+            self.seen = tuple(images.shape[-2:])
+            logits = torch.zeros(len(images), 2, *images.shape[-2:])
+            logits[:, 1] = 5.0
+            return {"out": logits + self.anchor}
+
+    images = torch.zeros(2, 3, 64, 96, dtype=torch.uint8)
+    target = torch.zeros(2, 64, 96, dtype=torch.long)
+    student = torch.zeros(2, 2, 64, 96)
+    student[:, 1] = 5.0  # agrees with the teacher
+    teacher = Recorder()
+    distiller = Distiller(teacher, [(PERSON, PERSON)], scale=1.25)
+    assert distiller.loss(images, student, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert teacher.seen == (96, 128)  # 64 x 1.25 = 80 and 96 x 1.25 = 120, rounded to multiples of 32
+    Distiller(teacher, [(PERSON, PERSON)]).loss(images, student, target)
+    assert teacher.seen == (64, 96)
+    with pytest.raises(ConfigError, match="distill.temperature and distill.scale must be > 0"):
+        Distiller(teacher, [(PERSON, PERSON)], scale=0)
