@@ -14,7 +14,8 @@ class LossSwitch(L.Callback):
 
     The switch is a function of the epoch number, so a resumed run switches where an uninterrupted one
     does. Both losses must be stateless (no parameters or buffers): checkpoints then hold the same
-    weights whichever loss wrote them.
+    weights whichever loss wrote them. ``val/loss`` is the switched loss in those epochs, so a schedule
+    that watches it (``scheduler=plateau``) sees a step at the switch; ``val/miou`` is unaffected.
 
     Args:
         loss: the loss of the last epochs (a ``fashionseg.losses`` module, e.g. conf/loss/lovasz.yaml).
