@@ -128,39 +128,34 @@ def time_bare(net, dataset, batch_size: int, lr: float, bf16: bool, warmup: int,
 
 
 def bench_train(args, root: str) -> dict:
-    with tempfile.TemporaryDirectory() as log_dir:
-        return bench_train_in(args, root, log_dir)
-
-
-def bench_train_in(args, root: str, log_dir: str) -> dict:
-    """``bench_train`` with its runs' logs in ``log_dir``."""
-    h, w = args.size
-    cfg = compose_cfg([f"model={args.model}", "loss=ce", f"data.image_size=[{h},{w}]", f"data.batch_size={args.batch}",
-                       "data.num_workers=0", f"data.root={root}", "model.net.encoder_weights=null", "logger=csv",
-                       *args.overrides], output_dir=log_dir)
-    L.seed_everything(0, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.setup("fit")
-    module = SegmentationModule.from_config(cfg)
-    bare_net = copy.deepcopy(module.net)  # same initial weights
-    bf16 = str(cfg.trainer.precision).startswith("bf16")
-    ours, bare = [], []
-    for r in range(args.rounds):  # alternate the order so that drift hits both alike
-        for which in (("ours", "bare") if r % 2 == 0 else ("bare", "ours")):
-            if which == "ours":
-                ours.append(time_ours(cfg, module, datamodule, args.warmup, args.steps, log_dir))
-            else:
-                bare.append(time_bare(bare_net, datamodule.datasets["train"], args.batch, cfg.optimizer.lr, bf16,
-                                      args.warmup, args.steps, ignore_index=module.loss.ignore_index))
-        print(f"  round {r + 1}/{args.rounds}: ours {ours[-1]:.2f} img/s, bare {bare[-1]:.2f} img/s", flush=True)
-    ratios = [o / b for o, b in zip(ours, bare)]
-    return {
-        "model": cfg.model.name, "encoder": cfg.model.net.get("encoder_name"), "input_hw": [h, w],
-        "batch_size": args.batch, "precision": str(cfg.trainer.precision), "steps_per_round": args.steps,
-        "ours_img_s": ours, "bare_img_s": bare, "ratios": ratios,
-        "ours_median": statistics.median(ours), "bare_median": statistics.median(bare),
-        "ratio_median": statistics.median(ratios),
-    }
+    with tempfile.TemporaryDirectory() as log_dir:  # the runs' logs, removed with it
+        h, w = args.size
+        cfg = compose_cfg([f"model={args.model}", "loss=ce", f"data.image_size=[{h},{w}]",
+                           f"data.batch_size={args.batch}", "data.num_workers=0", f"data.root={root}",
+                           "model.net.encoder_weights=null", "logger=csv", *args.overrides], output_dir=log_dir)
+        L.seed_everything(0, workers=True)
+        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule.setup("fit")
+        module = SegmentationModule.from_config(cfg)
+        bare_net = copy.deepcopy(module.net)  # same initial weights
+        bf16 = str(cfg.trainer.precision).startswith("bf16")
+        ours, bare = [], []
+        for r in range(args.rounds):  # alternate the order so that drift hits both alike
+            for which in (("ours", "bare") if r % 2 == 0 else ("bare", "ours")):
+                if which == "ours":
+                    ours.append(time_ours(cfg, module, datamodule, args.warmup, args.steps, log_dir))
+                else:
+                    bare.append(time_bare(bare_net, datamodule.datasets["train"], args.batch, cfg.optimizer.lr, bf16,
+                                          args.warmup, args.steps, ignore_index=module.loss.ignore_index))
+            print(f"  round {r + 1}/{args.rounds}: ours {ours[-1]:.2f} img/s, bare {bare[-1]:.2f} img/s", flush=True)
+        ratios = [o / b for o, b in zip(ours, bare)]
+        return {
+            "model": cfg.model.name, "encoder": cfg.model.net.get("encoder_name"), "input_hw": [h, w],
+            "batch_size": args.batch, "precision": str(cfg.trainer.precision), "steps_per_round": args.steps,
+            "ours_img_s": ours, "bare_img_s": bare, "ratios": ratios,
+            "ours_median": statistics.median(ours), "bare_median": statistics.median(bare),
+            "ratio_median": statistics.median(ratios),
+        }
 
 
 # ------------------------------------------------------------------------------------------------ data

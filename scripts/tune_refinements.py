@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from fashionseg.checkpoint import load_checkpoint
@@ -55,15 +55,9 @@ def parse_grid(items: list[str]) -> dict:
 
 
 def grid_value(text: str):
-    """One grid value as YAML reads it (``null``, ``rag``, ``40``), except that numbers in exponent form
-    without a dot (``1e-4``), which YAML 1.1 reads as strings, are numbers."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    """One grid value read as Hydra reads the ``eval.py`` override it becomes (``null``, ``rag``, ``40``,
+    ``1e-4``: YAML 1.1 alone would leave the last a string)."""
+    return OverridesParser.create().parse_override(f"value={text}").value()
 
 
 def settings(grid: dict) -> list[dict]:
