@@ -34,6 +34,14 @@ def compose_config(config_name: str = "train", overrides: Sequence[str] = (),
     return cfg
 
 
+def override_value(text: str):
+    """A ``key=value`` value as Hydra reads it on the command line (``null``, ``rgb``, ``40``, ``1e-4``), for
+    scripts that take such pairs of their own and print ``eval.py`` overrides from them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(f"value={text}").value()
+
+
 def default_data_dir() -> str:
     """Where the data set is when no root is given: ``paths.data_dir`` ($FASHIONSEG_DATA, else data/...)."""
     return str(compose_config("train").paths.data_dir)

@@ -44,12 +44,11 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fashionseg.config import compose_config, default_data_dir
+from fashionseg.config import compose_config, default_data_dir, override_value
 from fashionseg.module import SegmentationModule
 from fashionseg.train import instantiate_dict
 
@@ -258,6 +257,17 @@ def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
         queue.put([{"model": spec.get("name") or spec.get("model"), "error": f"{type(e).__name__}: {e}"}])
 
 
+def refinement_params(items: list[str]) -> dict:
+    """``--refinement-params radius=6 eps=1e-3`` as ``{"radius": 6, "eps": 0.001}``."""
+    params = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not (key and value):
+            sys.exit(f"--refinement-params {item!r}: expected <param>=<value>, e.g. radius=6.")
+        params[key] = override_value(value)
+    return params
+
+
 def bench_infer(args, root: str) -> list[dict]:
     from fashionseg.io import list_photos, read_photo
 
@@ -268,15 +278,7 @@ def bench_infer(args, root: str) -> list[dict]:
     # ONNX export (torch.onnx dynamo) takes a minute or more per network: only for the trained checkpoints.
     specs = [{"model": m, "task": args.infer_task, "size": size, "onnx": False} for m in args.infer_models]
     specs += [{"ckpt": c, "name": Path(c).parent.parent.name or Path(c).stem, "onnx": args.onnx} for c in args.ckpt]
-    refinement = None
-    if args.refinement:
-        params = {}
-        for item in args.refinement_params:
-            key, _, value = item.partition("=")
-            if not (key and value):
-                sys.exit(f"--refinement-params {item!r}: expected <param>=<value>, e.g. radius=6.")
-            params[key] = yaml.safe_load(value)
-        refinement = (args.refinement, params)
+    refinement = (args.refinement, refinement_params(args.refinement_params)) if args.refinement else None
     for spec in specs:
         spec["variants"], spec["refinement"] = args.variants, refinement if spec.get("ckpt") else None
     ctx = mp.get_context("spawn")

@@ -21,11 +21,10 @@ import json
 from pathlib import Path
 
 import torch
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from fashionseg.checkpoint import load_checkpoint
-from fashionseg.config import default_data_dir
+from fashionseg.config import default_data_dir, override_value
 from fashionseg.evaluate import checkpoint_datamodule
 from fashionseg.memory import keep_freed_memory
 from fashionseg.postprocess.evaluate import evaluate_refinements, load_refinements
@@ -50,14 +49,8 @@ def parse_grid(items: list[str]) -> dict:
             raise SystemExit(
                 f"--grid {item!r}: expected <refinement>.<param>=v1,v2 with refinement in {sorted(grids)}."
             )
-        grids[name][param] = [grid_value(v) for v in values.split(",")]
+        grids[name][param] = [override_value(v) for v in values.split(",")]
     return grids
-
-
-def grid_value(text: str):
-    """One grid value read as Hydra reads the ``eval.py`` override it becomes (``null``, ``rag``, ``40``,
-    ``1e-4``: YAML 1.1 alone would leave the last a string)."""
-    return OverridesParser.create().parse_override(f"value={text}").value()
 
 
 def settings(grid: dict) -> list[dict]:

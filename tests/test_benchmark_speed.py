@@ -24,3 +24,9 @@ def test_train_section_skips_void_pixels_in_both_loops(data_root, tmp_path, monk
     assert out.is_file()
     # Its training logs (logger=csv) live and die with the run's temporary folder: nothing is left behind.
     assert list(system_tmp.iterdir()) == []
+
+
+def test_refinement_params_read_exponent_numbers_as_numbers():
+    # YAML 1.1 alone reads 1e-3 (no dot) as a string, which the guided filter cannot compare with 0.
+    params = benchmark_speed.refinement_params(["radius=4", "eps=1e-3", "guide=gray"])
+    assert params == {"radius": 4, "eps": 0.001, "guide": "gray"} and isinstance(params["eps"], float)
