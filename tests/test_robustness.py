@@ -119,6 +119,31 @@ def test_resuming_a_copied_run_writes_only_into_the_copy(train_cfg, tmp_path):
     assert state["dirpath"] == str(copy / "checkpoints") and state["best_model_path"].startswith(str(copy))
 
 
+@pytest.mark.parametrize("original_kept", [True, False], ids=["original-kept", "original-gone"])
+def test_continuing_from_another_runs_checkpoint_tests_a_checkpoint_that_exists(train_cfg, tmp_path, original_kept):
+    # val/miou_best never decreases, so under mode=min the first epoch stays the best: the continued run
+    # never writes a best checkpoint of its own, and its test must load one that exists.
+    never_improves = ["callbacks.model_checkpoint.monitor=val/miou_best", "callbacks.model_checkpoint.mode=min"]
+    original, continued = tmp_path / "original", tmp_path / "continued"
+    _, first = train(train_cfg(*never_improves, "trainer.max_epochs=1", "test=false",
+                               f"paths.output_dir={original}", model="u2netp"))
+    start = tmp_path / "elsewhere" / "start.ckpt"  # the file copied under another name, outside both runs
+    start.parent.mkdir()
+    shutil.copy(original / "checkpoints" / "last.ckpt", start)
+    if not original_kept:
+        shutil.rmtree(original)
+    before = tree_state(original) if original_kept else None
+
+    _, results = train(train_cfg(*never_improves, f"ckpt_path={start}", "trainer.max_epochs=2", "test=true",
+                                 f"paths.output_dir={continued}", model="u2netp"))
+    assert results["test"] and Path(results["best_checkpoint"]).is_file()
+    if original_kept:  # its best epoch is still the best: tested where it lies, and left as it was
+        assert results["best_checkpoint"] == first["best_checkpoint"]
+        assert tree_state(original) == before
+    else:  # the best file is gone: this run's own epoch takes its place
+        assert Path(results["best_checkpoint"]).parent == continued / "checkpoints"
+
+
 def test_resume_overrides_go_through_hydras_parser(train_cfg):
     train(train_cfg("trainer.max_epochs=1", "test=false", model="u2netp"))
     resumed = resume_config(train_cfg("ckpt_path=last", "optimizer.lr=1e-3", "trainer.max_epochs=2", "seed=7",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
 
 
 def reroot(path: str, old: str, new: str) -> str:
@@ -29,6 +32,8 @@ class RunCheckpoint(ModelCheckpoint):
     - The checkpoint stores absolute paths (its folder, the best and last files). Resuming a copied
       or moved run folder would keep writing to and deleting from the original folder; here every
       stored path under the stored folder is re-rooted at this callback's ``dirpath`` on load.
+      A best checkpoint that is not in this folder (another run's, continued here) is kept where it
+      is, or forgotten if it no longer exists, so that the test pass never loads a missing file.
     """
 
     def _save_last_if_missed(self, trainer: L.Trainer) -> None:
@@ -50,10 +55,26 @@ class RunCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old, new = state_dict.get("dirpath"), self.dirpath
         if old and new and old != new:
-            state_dict = dict(state_dict, dirpath=new)
-            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            def follow(path: str) -> str | None:
+                """Where a stored checkpoint is now: in this run's folder (a copied or moved run), else where it
+                was (a checkpoint of another run continued here: read, never deleted, since Lightning deletes
+                only under ``dirpath``), else nowhere."""
+                return next((p for p in (reroot(path, old, new), path) if Path(p).is_file()), None)
+
+            state_dict = dict(state_dict, dirpath=new, last_model_path=reroot(state_dict.get("last_model_path") or "",
+                                                                              old, new))
+            for key in ("best_model_path", "kth_best_model_path"):
                 if state_dict.get(key):
-                    state_dict[key] = reroot(state_dict[key], old, new)
-            state_dict["best_k_models"] = {reroot(p, old, new): v
-                                           for p, v in (state_dict.get("best_k_models") or {}).items()}
+                    state_dict[key] = follow(state_dict[key]) or ""
+            best_k, lost = {}, []
+            for path, score in (state_dict.get("best_k_models") or {}).items():
+                now = follow(path)
+                if now is None:
+                    lost.append(path)
+                else:
+                    best_k[now] = score
+            state_dict["best_k_models"] = best_k
+            if lost:
+                log.warning("The resumed run's checkpoint %s is gone: this run's own epochs take its place among "
+                            "the best.", ", ".join(lost))
         super().load_state_dict(state_dict)
