@@ -61,20 +61,15 @@ class RunCheckpoint(ModelCheckpoint):
                 only under ``dirpath``), else nowhere."""
                 return next((p for p in (reroot(path, old, new), path) if Path(p).is_file()), None)
 
-            state_dict = dict(state_dict, dirpath=new, last_model_path=reroot(state_dict.get("last_model_path") or "",
-                                                                              old, new))
+            best_k = state_dict.get("best_k_models") or {}
+            now = {path: follow(path) for path in best_k}
+            state_dict = dict(state_dict, dirpath=new,
+                              last_model_path=reroot(state_dict.get("last_model_path") or "", old, new),
+                              best_k_models={now[p]: score for p, score in best_k.items() if now[p]})
             for key in ("best_model_path", "kth_best_model_path"):
                 if state_dict.get(key):
                     state_dict[key] = follow(state_dict[key]) or ""
-            best_k, lost = {}, []
-            for path, score in (state_dict.get("best_k_models") or {}).items():
-                now = follow(path)
-                if now is None:
-                    lost.append(path)
-                else:
-                    best_k[now] = score
-            state_dict["best_k_models"] = best_k
-            if lost:
+            if lost := [p for p in best_k if not now[p]]:
                 log.warning("The resumed run's checkpoint %s is gone: this run's own epochs take its place among "
                             "the best.", ", ".join(lost))
         super().load_state_dict(state_dict)

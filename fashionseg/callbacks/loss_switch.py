@@ -38,11 +38,9 @@ class LossSwitch(L.Callback):
                                   "switch takes stateless losses only (e.g. no class weights).")
         self.original = pl_module.loss
 
-    def start_epoch(self, trainer: L.Trainer) -> int:
-        return trainer.max_epochs - self.last_epochs
-
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.loss = self.loss if trainer.current_epoch >= self.start_epoch(trainer) else self.original
+        switched = trainer.current_epoch >= trainer.max_epochs - self.last_epochs
+        pl_module.loss = self.loss if switched else self.original
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.loss = self.original  # testing and later use: the run's own loss
