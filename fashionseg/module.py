@@ -36,6 +36,8 @@ class SegmentationModule(L.LightningModule):
             (multi-scale test-time augmentation); ``[1.0]``: none.
         ignore_index: label value of pixels left out of the metrics (the loss takes its own).
         boundary_dilation: Boundary IoU's band width, a fraction of the image diagonal.
+        channels_last: keep the network's weights and its input batches in channels-last memory order
+            (NHWC), the order the CPU convolution kernels prefer; the same model, computed in another order.
         config: the run's resolved configuration, stored in every checkpoint.
     """
 
@@ -43,11 +45,11 @@ class SegmentationModule(L.LightningModule):
                  class_names: Sequence[str] | Mapping[str, Sequence[str]], aux_weight: float = 0.0,
                  scheduler_monitor: str = "val/loss", tta_hflip: bool = False, config: dict | None = None,
                  ignore_index: int | None = None, boundary_dilation: float = 0.02,
-                 tta_scales: Sequence[float] = (1.0,)):
+                 tta_scales: Sequence[float] = (1.0,), channels_last: bool = False):
         super().__init__()
         check_scales(tta_scales)  # before any training
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
-        self.net, self.loss = net, loss
+        self.net, self.loss = (net.to(memory_format=torch.channels_last) if channels_last else net), loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.heads: list[Head] = heads_from_names(class_names)
         self.joint = len(self.heads) > 1
@@ -102,6 +104,7 @@ class SegmentationModule(L.LightningModule):
             tta_scales=list(cfg.get("tta_scales") or [1.0]),
             ignore_index=cfg.task.get("ignore_index"),
             boundary_dilation=cfg.get("boundary_dilation", 0.02),
+            channels_last=cfg.get("channels_last", False),
             config=config,
         )
         return cls(**{**kwargs, **overrides})
@@ -122,7 +125,11 @@ class SegmentationModule(L.LightningModule):
         return {self.heads[0]: self.val_metrics if stage == "val" else self.test_metrics}
 
     def forward(self, images: torch.Tensor) -> dict:
-        return self.net(images)
+        return self.net(self.memory_order(images))
+
+    def memory_order(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch (B, 3, H, W) in the network's memory order (``channels_last``)."""
+        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
 
     def head_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss of logits (B, C, H, W) against the targets: with several heads, the sum of each head's."""
@@ -160,8 +167,8 @@ class SegmentationModule(L.LightningModule):
     def predict_logits(self, images: torch.Tensor, valid_hw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """Logits for photos that share one valid area and label size: the network (and its TTA), then
         the padding cropped and the rest resized to ``size`` (H, W). Returns (B, K, H, W) float."""
-        logits = network_logits(self.net, images, self.hparams.tta_hflip, self.hparams.tta_scales)
-        return crop_and_resize(logits, valid_hw[0], size)
+        logits = network_logits(self.net, self.memory_order(images), self.hparams.tta_hflip, self.hparams.tta_scales)
+        return crop_and_resize(logits.contiguous(), valid_hw[0], size)
 
     def setup(self, stage: str) -> None:
         """With several sets, one confusion matrix per set for validation and test (their loader order)."""

@@ -105,9 +105,11 @@ def time_ours(cfg, module, datamodule, warmup: int, steps: int, log_dir: str) ->
 
 
 def time_bare(net, dataset, batch_size: int, lr: float, bf16: bool, warmup: int, steps: int,
-              ignore_index: int = -100) -> float:
+              ignore_index: int = -100, channels_last: bool = False) -> float:
     """The plainest loop that does the same work: no framework, no logging, no callbacks.
-    ``ignore_index``: the void label, left out of the loss as the module's loss leaves it out."""
+    ``ignore_index``: the void label, left out of the loss as the module's loss leaves it out;
+    ``channels_last``: batches in the memory order of the network's weights, as the module feeds them."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
@@ -115,7 +117,8 @@ def time_bare(net, dataset, batch_size: int, lr: float, bf16: bool, warmup: int,
     for i, batch in enumerate(loader):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             # The loss in float32, as the module's CrossEntropy computes it: the same work in both loops.
-            loss = F.cross_entropy(net(batch["image"])["out"].float(), batch["mask"], ignore_index=ignore_index)
+            images = batch["image"].contiguous(memory_format=memory_format)
+            loss = F.cross_entropy(net(images)["out"].float(), batch["mask"], ignore_index=ignore_index)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -145,12 +148,14 @@ def bench_train(args, root: str) -> dict:
                     ours.append(time_ours(cfg, module, datamodule, args.warmup, args.steps, log_dir))
                 else:
                     bare.append(time_bare(bare_net, datamodule.datasets["train"], args.batch, cfg.optimizer.lr, bf16,
-                                          args.warmup, args.steps, ignore_index=module.loss.ignore_index))
+                                          args.warmup, args.steps, ignore_index=module.loss.ignore_index,
+                                          channels_last=module.hparams.channels_last))
             print(f"  round {r + 1}/{args.rounds}: ours {ours[-1]:.2f} img/s, bare {bare[-1]:.2f} img/s", flush=True)
         ratios = [o / b for o, b in zip(ours, bare)]
         return {
             "model": cfg.model.name, "encoder": cfg.model.net.get("encoder_name"), "input_hw": [h, w],
             "batch_size": args.batch, "precision": str(cfg.trainer.precision), "steps_per_round": args.steps,
+            "channels_last": module.hparams.channels_last,
             "ours_img_s": ours, "bare_img_s": bare, "ratios": ratios,
             "ours_median": statistics.median(ours), "bare_median": statistics.median(bare),
             "ratio_median": statistics.median(ratios),

@@ -116,6 +116,20 @@ def test_train_plus_val_recipe_trains_without_validation_and_tests_the_last_epoc
     assert last["epoch"] == 1 and last["global_step"] == 2 * 6  # 12 training photos at batch 2
 
 
+def test_channels_last_trains_the_same_model_in_another_memory_order(train_cfg, tmp_path):
+    results = {}
+    for channels_last in ("false", "true"):
+        cfg = train_cfg("trainer.max_epochs=1", "task=person", "trainer.precision=32-true",
+                        f"channels_last={channels_last}", f"paths.output_dir={tmp_path / channels_last}")
+        results[channels_last] = train(cfg)[1]
+    module = load_checkpoint(results["true"]["best_checkpoint"])
+    assert module.hparams.channels_last
+    convs = [p for p in module.net.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    # The same computation in another order: the same scores, up to rounding.
+    assert results["true"]["test"]["miou"] == pytest.approx(results["false"]["test"]["miou"], abs=0.01)
+
+
 def test_checkpoint_rebuilds_network_and_classes(train_cfg):
     cfg = train_cfg("trainer.max_epochs=1", "task=person", "test=false")
     _, results = train(cfg)
