@@ -52,6 +52,10 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dir = check_writable(cfg.paths.output_dir)
     module = load_checkpoint(cfg.ckpt_path, tta_hflip=cfg.tta_hflip, tta_scales=list(cfg.tta_scales),
                              boundary_dilation=cfg.boundary_dilation)
+    if cfg.get("onnx"):
+        from fashionseg.export import OnnxNetwork, OnnxRunner
+
+        module.net = OnnxNetwork(OnnxRunner(cfg.onnx))
     train_cfg = OmegaConf.create(module.hparams.config)
     asked = cfg.get("task", {}).get("name") if cfg.get("task") else None
     if asked is not None and asked != train_cfg.task.name:
@@ -79,7 +83,8 @@ def evaluate(cfg: DictConfig) -> dict:
     seconds = time.time() - start
     results = {
         "checkpoint": str(cfg.ckpt_path), "task": train_cfg.task.name, "model": train_cfg.model.name,
-        "split": cfg.split, "images": len(loader.dataset), "scores": module.test_scores,
+        "onnx": str(cfg.onnx) if cfg.get("onnx") else None, "split": cfg.split, "images": len(loader.dataset),
+        "scores": module.test_scores,
         "confusion": confusion_lists(module.test_confusion),
         "ms_per_image": round(1000 * seconds / len(loader.dataset), 1),
     }

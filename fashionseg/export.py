@@ -1,9 +1,12 @@
-"""ONNX export of a trained network (uint8 photo batch in, logits out, dynamic batch/height/width)."""
+"""ONNX export of a trained network (uint8 photo batch in, logits out, dynamic batch/height/width), its
+int8 quantization (ONNX Runtime, calibrated on training photos), and ONNX Runtime behind our interfaces."""
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,9 @@ def export_onnx(net: nn.Module, path: str | Path, size: Sequence[int], opset: in
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = LogitsOnly(net).eval()
+    # A network kept in channels-last order (channels_last=true) would make torch.export specialise the
+    # batch size; the ONNX graph does not depend on the memory order, so a contiguous copy is exported.
+    model = LogitsOnly(copy.deepcopy(net).to(memory_format=torch.contiguous_format)).eval()
     example = torch.zeros(1, 3, *size, dtype=torch.uint8)
     batch, height, width = torch.export.Dim("batch", min=1, max=64), torch.export.Dim.AUTO, torch.export.Dim.AUTO
     with torch.no_grad():
@@ -43,38 +48,93 @@ def export_onnx(net: nn.Module, path: str | Path, size: Sequence[int], opset: in
     return path
 
 
+def quantize_onnx(path: str | Path, out: str | Path, calibration: Iterable[torch.Tensor]) -> Path:
+    """Static int8 quantization of an exported network with ONNX Runtime: weights int8 per output channel,
+    activations uint8 with ranges (min/max) measured on ``calibration``, (B, 3, H, W) uint8 batches at the
+    network's input size. Calibrate on training photos, never on the photos the model is scored on.
+
+    Convolutions then run as integer kernels (VNNI on x86 CPUs that have it); the README's benchmarks
+    give its speed and the test mIoU it keeps.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    path, out = Path(path), Path(out)
+    batches = [np.ascontiguousarray(b.cpu().numpy().astype(np.uint8)) for b in calibration]
+    if not batches:
+        raise ValueError(f"No calibration photos to quantize {path}: pass at least one training batch.")
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(batches)
+
+        def get_next(self) -> dict | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"image": batch}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fashionseg-quant-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"  # graph optimized (batch-norm folded) and shapes inferred
+        # Symbolic shape inference is for transformers; where it fails it dumps a file in the working folder.
+        quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QOperator, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
 class OnnxRunner:
-    """ONNX Runtime behind the network interface of ``Predictor``: uint8 batch -> float logits tensor."""
+    """ONNX Runtime behind the network interface of ``Predictor``: photo batch -> float logits tensor.
+
+    Takes uint8 photos, or float photos in [0, 1] (a TTA scale's resized batch, ``network_logits``), which
+    are rounded to uint8, the exported network's input. ONNX Runtime's threads do not spin-wait after a run:
+    spinning threads would compete for the cores with the PyTorch work that follows (resize, arg-max,
+    refinements).
+    """
 
     def __init__(self, path: str | Path, threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise ImportError("ONNX Runtime is not installed: pip install -e '.[deploy]'.") from e
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"ONNX file {path} not found; write one with `python export.py ckpt_path=...`.")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.is_floating_point():
+            images = (images.clamp(0, 1) * 255).round()
         array = np.ascontiguousarray(images.cpu().numpy().astype(np.uint8))
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
 
 
-def check_and_time(net: nn.Module, runner: OnnxRunner, images: list[np.ndarray], predictor_kwargs: dict) -> dict:
-    """Max |logit difference| between PyTorch and ONNX Runtime on real photos, and ms per photo of each."""
+class OnnxNetwork(nn.Module):
+    """An ONNX file in place of a LightningModule's network (``{"out": logits}``), so that eval.py scores
+    exactly what is deployed: ``python eval.py ckpt_path=<ckpt> onnx=<its .onnx or .int8.onnx>``."""
+
+    def __init__(self, runner: OnnxRunner):
+        super().__init__()
+        self.runner = runner
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return {"out": self.runner(images).to(images.device), "aux": []}
+
+
+def check_and_time(net: nn.Module, runners: dict[str, OnnxRunner], images: list[np.ndarray],
+                   predictor_kwargs: dict) -> dict:
+    """Each ONNX file against PyTorch on real photos: the max |logit difference|, the share of pixels
+    whose label (every head's) is the same, and ms per photo (photo in, label maps out, batch 1).
+
+    Returns ``{"torch_ms": ..., "photos": ..., <name>: {"max_abs_diff", "label_agreement", "ms"}}``.
+    """
     import time
 
     from fashionseg.inference import Predictor
-
-    torch_pred = Predictor(net, **predictor_kwargs)
-    onnx_pred = Predictor(runner, **predictor_kwargs)
-    diff = 0.0
-    for image in images:
-        item = torch_pred.transform(image)
-        batch = item["image"][None]
-        diff = max(diff, float((torch_pred._logits(batch) - onnx_pred._logits(batch)).abs().max()))
 
     def ms(pred: Predictor) -> float:
         pred.label_maps([images[0]])  # warm-up
@@ -83,7 +143,33 @@ def check_and_time(net: nn.Module, runner: OnnxRunner, images: list[np.ndarray],
             pred.label_maps([image])  # every head's label map (a joint network has two)
         return 1000 * (time.perf_counter() - start) / len(images)
 
-    return {"max_abs_diff": diff, "torch_ms": ms(torch_pred), "onnxruntime_ms": ms(onnx_pred), "photos": len(images)}
+    torch_pred = Predictor(net, **predictor_kwargs)
+    expected = [torch_pred.label_maps([image])[0] for image in images]
+    report: dict = {"torch_ms": ms(torch_pred), "photos": len(images)}
+    for name, runner in runners.items():
+        pred = Predictor(runner, **predictor_kwargs)
+        diff, same, total = 0.0, 0, 0
+        for image, want in zip(images, expected):
+            batch = torch_pred.transform(image)["image"][None]
+            diff = max(diff, float((torch_pred._logits(batch) - pred._logits(batch)).abs().max()))
+            for task, label in pred.label_maps([image])[0].items():
+                same, total = same + int((label == want[task]).sum()), total + label.size
+        report[name] = {"max_abs_diff": diff, "label_agreement": same / total, "ms": ms(pred)}
+    return report
+
+
+def calibration_batches(module, root: str, count: int) -> list[torch.Tensor]:
+    """Up to ``count`` photos of the checkpoint's own training split of ``root`` (its seed and split),
+    resized as at test time, one (1, 3, H, W) uint8 batch each: the int8 calibration set."""
+    from fashionseg.evaluate import checkpoint_datamodule
+
+    datamodule = checkpoint_datamodule(module, root)
+    dataset = datamodule.datasets["train"]
+    dataset.transform = datamodule.eval_transform
+    if not len(dataset):
+        raise ValueError(f"The checkpoint's training split of {root} is empty: int8 calibration needs its "
+                         "training photos; set calibration_root=<the data set it was trained on>.")
+    return [dataset[i]["image"][None] for i in range(min(count, len(dataset)))]
 
 
 def export(cfg) -> dict:
@@ -114,11 +200,27 @@ def export(cfg) -> dict:
     heads = task_heads(train_cfg.task)
     kwargs = dict(class_names=all_class_names(heads), image_size=data.image_size,
                   size_multiple=data.get("size_multiple", 32), heads=heads)
-    report = {"onnx": str(out), "input_hw": size, **check_and_time(module.net, OnnxRunner(out), images, kwargs)}
-    print(f"ONNX written to {out}\n"
-          f"max |logits(torch) - logits(onnxruntime)| on {report['photos']} photos: {report['max_abs_diff']:.2e}\n"
-          f"ms per photo (600x400 in, label map out, batch 1): torch {report['torch_ms']:.1f}, "
-          f"onnxruntime {report['onnxruntime_ms']:.1f}")
+    runners = {"onnxruntime": OnnxRunner(out)}
+    if cfg.int8:
+        int8 = out.with_name(f"{out.stem}.int8.onnx")
+        calibration = calibration_batches(module, cfg.calibration_root, cfg.calibration_count)
+        log.info("Quantizing to int8 (%d training photos of %s calibrate): %s", len(calibration),
+                 cfg.calibration_root, int8)
+        runners["int8"] = OnnxRunner(quantize_onnx(out, int8, calibration))
+    checks = check_and_time(module.net, runners, images, kwargs)
+    report = {"onnx": str(out), "input_hw": size, **checks["onnxruntime"], "torch_ms": checks["torch_ms"],
+              "photos": checks["photos"]}
+    report["onnxruntime_ms"] = report.pop("ms")
+    lines = [f"ONNX written to {out}",
+             f"max |logits(torch) - logits(onnxruntime)| on {report['photos']} photos: {report['max_abs_diff']:.2e}",
+             f"ms per photo (600x400 in, label map out, batch 1): torch {report['torch_ms']:.1f}, "
+             f"onnxruntime {report['onnxruntime_ms']:.1f}"]
+    if cfg.int8:
+        report["int8"] = {"onnx": str(int8), "calibration_photos": len(calibration), **checks["int8"]}
+        lines += [f"int8 ONNX written to {int8}: the same label on {100 * checks['int8']['label_agreement']:.2f}% "
+                  f"of the pixels as torch, {checks['int8']['ms']:.1f} ms per photo; score it with "
+                  f"`python eval.py ckpt_path={cfg.ckpt_path} onnx={int8}`"]
+    print("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     if report["max_abs_diff"] > cfg.tolerance:
         raise RuntimeError(f"ONNX output differs from PyTorch by {report['max_abs_diff']:.2e} > {cfg.tolerance}.")

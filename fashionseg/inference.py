@@ -76,8 +76,9 @@ class Predictor:
         self.net = net
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs) -> Predictor:
-        """Network, classes, palette and input size all come from a train.py checkpoint."""
+    def from_checkpoint(cls, path: str | Path, onnx: str | Path | None = None, **kwargs) -> Predictor:
+        """Network, classes, palette and input size all come from a train.py checkpoint. ``onnx``: an
+        exported file of its network (export.py, e.g. its int8 file), run by ONNX Runtime in its place."""
         from fashionseg.checkpoint import load_checkpoint
         from fashionseg.data import primary_data_config
 
@@ -87,7 +88,13 @@ class Predictor:
         heads = task_heads(cfg.task)
         names = all_class_names(heads)
         palette = [c for h in heads for c in h.palette] if all(h.palette for h in heads) else None
-        return cls(module.net, names, data.image_size, data.get("size_multiple", 32), palette=palette,
+        if onnx is not None:
+            from fashionseg.export import OnnxRunner
+
+            net = OnnxRunner(onnx)
+        else:
+            net = module.net
+        return cls(net, names, data.image_size, data.get("size_multiple", 32), palette=palette,
                    task=cfg.task.name, heads=heads, **kwargs)
 
     def view(self, task: str) -> Predictor:

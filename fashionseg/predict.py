@@ -64,13 +64,16 @@ def predict(cfg: DictConfig) -> dict:
     """Label every photo of ``cfg.input``; unreadable files are reported by name and skipped. Returns a summary."""
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}.")
+    device = resolve_device(cfg.device)
+    if cfg.get("onnx") and device != "cpu":
+        raise ConfigError(f"onnx={cfg.onnx} runs on ONNX Runtime's CPU provider; use device=cpu with it, or "
+                          f"leave onnx out to run the checkpoint's network on {device}.")
     photos = list_photos(cfg.input)
     if not photos:
         raise DataError(f"No photos in {cfg.input} (looked for .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .gif).")
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=resolve_device(cfg.device), bf16=cfg.bf16,
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, onnx=cfg.get("onnx"), device=device, bf16=cfg.bf16,
                                           channels_last=cfg.channels_last, tta_hflip=cfg.tta_hflip,
-                                          tta_scales=list(cfg.tta_scales),
-                                          compile=cfg.compile)
+                                          tta_scales=list(cfg.tta_scales), compile=cfg.compile)
     heads = {h.name: predictor.view(h.name) for h in predictor.heads}
     refine: Refinement = single_refinement(cfg.get("postprocess"))
     out_dir = Path(cfg.output)

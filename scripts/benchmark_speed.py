@@ -18,10 +18,11 @@ Sections:
   infer  ms per 600x400 photo, photo in -> label map out (resize, network, upsampling, argmax),
          batch 1, for each architecture config and each --ckpt; variants: eager fp32,
          channels_last, bf16 autocast, bf16 + channels_last, the same + torch.compile (weights frozen;
-         compile time excluded), ONNX Runtime (--onnx); --variants picks some. With --refinement, each
-         checkpoint variant is also timed followed by that refinement (photo -> refined label map, as
-         predict.py). Peak resident memory of a fresh process per model. A data set of other sizes: its
-         first photo resized to 600x400.
+         compile time excluded), ONNX Runtime (--onnx) and its int8 quantization (--int8, calibrated on
+         the checkpoint's training photos); --variants picks some. With --refinement, each checkpoint
+         variant is also timed followed by that refinement (photo -> refined label map, as predict.py).
+         Peak resident memory of a fresh process per model. A data set of other sizes: its first photo
+         resized to 600x400.
 """
 
 from __future__ import annotations
@@ -212,6 +213,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def time_variant(predictor, photo: np.ndarray, refine, row: dict) -> list[dict]:
+    """ms per photo of one inference variant (photo in, label map out), and with ``refine`` after it."""
+    calls = {row["variant"]: lambda: predictor([photo])}
+    if refine is not None:
+        calls[f"{row['variant']} + {refine.name}"] = lambda: refine(photo, predictor.probabilities([photo])[0])
+    rows = []
+    for key, call in calls.items():
+        try:
+            rows.append({**row, "variant": key, "ms": 1000 * time_call(call)})
+        except Exception as e:  # e.g. torch.compile without a C++ compiler: report it, time the rest
+            rows.append({**row, "variant": key, "error": f"{type(e).__name__}: {e}"[:300]})
+    return rows
+
+
 def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
     """One model, every variant, in a fresh process (so that peak memory is this model's)."""
     try:
@@ -235,25 +250,22 @@ def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
             refine_name, params = spec["refinement"]
             refine = load_refinements([refine_name], {refine_name: params})[refine_name]
         for variant in spec["variants"]:
-            opts = VARIANTS[variant]
-            predictor = Predictor(copy.deepcopy(net), names, size, **opts)
-            calls = {variant: lambda p=predictor: p([photo])}
-            if refine is not None:
-                calls[f"{variant} + {refine.name}"] = lambda p=predictor: refine(photo, p.probabilities([photo])[0])
-            for key, call in calls.items():
-                try:
-                    rows.append({"model": name, "input": label, "variant": key, "ms": 1000 * time_call(call)})
-                except Exception as e:  # e.g. torch.compile without a C++ compiler: report it, time the rest
-                    rows.append({"model": name, "input": label, "variant": key,
-                                 "error": f"{type(e).__name__}: {e}"[:300]})
-        if spec.get("onnx"):
-            from fashionseg.export import OnnxRunner, export_onnx
+            predictor = Predictor(copy.deepcopy(net), names, size, **VARIANTS[variant])
+            rows += time_variant(predictor, photo, refine, {"model": name, "input": label, "variant": variant})
+        if spec.get("onnx") or spec.get("int8"):
+            from fashionseg.export import OnnxRunner, calibration_batches, export_onnx, quantize_onnx
 
             with tempfile.TemporaryDirectory() as tmp:
                 path = export_onnx(net.eval(), Path(tmp) / "model.onnx", size or [608, 416])
-                predictor = Predictor(OnnxRunner(path), names, size)
-                rows.append({"model": name, "input": label, "variant": "onnxruntime",
-                             "ms": 1000 * time_call(lambda p=predictor: p([photo]))})
+                files = {"onnxruntime": path} if spec.get("onnx") else {}
+                if spec.get("int8"):  # calibrated on the checkpoint's training photos, as export.py int8=true
+                    from fashionseg.checkpoint import load_checkpoint
+
+                    calibration = calibration_batches(load_checkpoint(spec["ckpt"]), spec["root"], 32)
+                    files["onnxruntime int8"] = quantize_onnx(path, Path(tmp) / "model.int8.onnx", calibration)
+                for variant, file in files.items():
+                    predictor = Predictor(OnnxRunner(file), names, size)
+                    rows += time_variant(predictor, photo, refine, {"model": name, "input": label, "variant": variant})
         peak_mb = peak_rss_mb()
         for row in rows:
             row["peak_rss_mb"] = round(peak_mb)
@@ -282,7 +294,8 @@ def bench_infer(args, root: str) -> list[dict]:
     size = "null" if args.infer_size == "native" else "[{},{}]".format(*args.infer_size.split("x"))
     # ONNX export (torch.onnx dynamo) takes a minute or more per network: only for the trained checkpoints.
     specs = [{"model": m, "task": args.infer_task, "size": size, "onnx": False} for m in args.infer_models]
-    specs += [{"ckpt": c, "name": Path(c).parent.parent.name or Path(c).stem, "onnx": args.onnx} for c in args.ckpt]
+    specs += [{"ckpt": c, "name": Path(c).parent.parent.name or Path(c).stem, "onnx": args.onnx, "int8": args.int8,
+               "root": root} for c in args.ckpt]
     refinement = (args.refinement, refinement_params(args.refinement_params)) if args.refinement else None
     for spec in specs:
         spec["variants"], spec["refinement"] = args.variants, refinement if spec.get("ckpt") else None
@@ -335,6 +348,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="the refinement's parameters, e.g. radius=6 eps=0.001")
     p.add_argument("--onnx", action="store_true",
                    help="also time ONNX Runtime for each --ckpt (needs the deploy extra)")
+    p.add_argument("--int8", action="store_true",
+                   help="also time each --ckpt quantized to int8 by ONNX Runtime (export.py int8=true), calibrated "
+                        "on 32 photos of its training split of the data set")
     p.add_argument("--out", default=str(ROOT / "outputs/benchmarks/speed.json"))
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the training config, e.g. trainer.precision=32")
     args = p.parse_args(argv)

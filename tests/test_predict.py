@@ -75,6 +75,12 @@ def test_empty_and_missing_inputs_are_clear_errors(person_ckpt, tmp_path):
         read_photo(b"")
 
 
+def test_onnx_runs_on_the_cpu_only(person_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr("fashionseg.predict.resolve_device", lambda device: "cuda")  # as on a GPU machine
+    with pytest.raises(ConfigError, match="onnx=.*device=cpu"):
+        predict(predict_cfg(person_ckpt, tmp_path, tmp_path / "out", "onnx=model.onnx", "device=cuda"))
+
+
 def test_postprocess_option_applies_the_refinement(person_ckpt, tmp_path):
     photo = np.random.default_rng(1).integers(0, 255, (64, 48, 3), dtype=np.uint8)
     Image.fromarray(photo).save(tmp_path / "x.png")
