@@ -158,18 +158,22 @@ def check_and_time(net: nn.Module, runners: dict[str, OnnxRunner], images: list[
     return report
 
 
-def calibration_batches(module, root: str, count: int) -> list[torch.Tensor]:
-    """Up to ``count`` photos of the checkpoint's own training split of ``root`` (its seed and split),
-    resized as at test time, one (1, 3, H, W) uint8 batch each: the int8 calibration set."""
-    from fashionseg.evaluate import checkpoint_datamodule
-
-    datamodule = checkpoint_datamodule(module, root)
+def training_photos(datamodule, count: int) -> list[torch.Tensor]:
+    """Up to ``count`` photos of a set-up datamodule's training split, resized as at test time, one
+    (1, 3, H, W) uint8 batch each: an int8 calibration set."""
     dataset = datamodule.datasets["train"]
     dataset.transform = datamodule.eval_transform
     if not len(dataset):
-        raise ValueError(f"The checkpoint's training split of {root} is empty: int8 calibration needs its "
-                         "training photos; set calibration_root=<the data set it was trained on>.")
+        raise ValueError(f"The training split of {datamodule.root} is empty: int8 calibration needs training "
+                         "photos; set calibration_root=<the data set the network was trained on>.")
     return [dataset[i]["image"][None] for i in range(min(count, len(dataset)))]
+
+
+def calibration_batches(module, root: str, count: int) -> list[torch.Tensor]:
+    """``training_photos`` of the checkpoint's own training split of ``root`` (its seed and split)."""
+    from fashionseg.evaluate import checkpoint_datamodule
+
+    return training_photos(checkpoint_datamodule(module, root), count)
 
 
 def export(cfg) -> dict:

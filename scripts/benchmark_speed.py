@@ -19,7 +19,7 @@ Sections:
          batch 1, for each architecture config and each --ckpt; variants: eager fp32,
          channels_last, bf16 autocast, bf16 + channels_last, the same + torch.compile (weights frozen;
          compile time excluded), ONNX Runtime (--onnx) and its int8 quantization (--int8, calibrated on
-         the checkpoint's training photos); --variants picks some. With --refinement, each checkpoint
+         training photos); --variants picks some. With --refinement, each checkpoint
          variant is also timed followed by that refinement (photo -> refined label map, as predict.py).
          Peak resident memory of a fresh process per model. A data set of other sizes: its first photo
          resized to 600x400.
@@ -227,12 +227,30 @@ def time_variant(predictor, photo: np.ndarray, refine, row: dict) -> list[dict]:
     return rows
 
 
+def int8_calibration(spec: dict, cfg) -> list[torch.Tensor]:
+    """32 training photos of the data set: the checkpoint's own training split, or for an architecture
+    config the split its config draws."""
+    from fashionseg.data import primary_data_config
+    from fashionseg.export import calibration_batches, training_photos
+
+    if spec.get("ckpt"):
+        from fashionseg.checkpoint import load_checkpoint
+
+        return calibration_batches(load_checkpoint(spec["ckpt"]), spec["root"], 32)
+    data = primary_data_config(cfg.data)
+    data.root = spec["root"]
+    datamodule = hydra.utils.instantiate(data)
+    datamodule.setup("test")
+    return training_photos(datamodule, 32)
+
+
 def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
     """One model, every variant, in a fresh process (so that peak memory is this model's)."""
     try:
         from fashionseg.inference import Predictor
 
         rows = []
+        cfg = None
         if spec.get("ckpt"):
             base = Predictor.from_checkpoint(spec["ckpt"])
             net, names, size, name = base.net, base.class_names, base.image_size, spec["name"]
@@ -253,16 +271,14 @@ def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
             predictor = Predictor(copy.deepcopy(net), names, size, **VARIANTS[variant])
             rows += time_variant(predictor, photo, refine, {"model": name, "input": label, "variant": variant})
         if spec.get("onnx") or spec.get("int8"):
-            from fashionseg.export import OnnxRunner, calibration_batches, export_onnx, quantize_onnx
+            from fashionseg.export import OnnxRunner, export_onnx, quantize_onnx
 
             with tempfile.TemporaryDirectory() as tmp:
                 path = export_onnx(net.eval(), Path(tmp) / "model.onnx", size or [608, 416])
                 files = {"onnxruntime": path} if spec.get("onnx") else {}
-                if spec.get("int8"):  # calibrated on the checkpoint's training photos, as export.py int8=true
-                    from fashionseg.checkpoint import load_checkpoint
-
-                    calibration = calibration_batches(load_checkpoint(spec["ckpt"]), spec["root"], 32)
-                    files["onnxruntime int8"] = quantize_onnx(path, Path(tmp) / "model.int8.onnx", calibration)
+                if spec.get("int8"):  # calibrated on training photos, as export.py int8=true
+                    files["onnxruntime int8"] = quantize_onnx(path, Path(tmp) / "model.int8.onnx",
+                                                              int8_calibration(spec, cfg))
                 for variant, file in files.items():
                     predictor = Predictor(OnnxRunner(file), names, size)
                     rows += time_variant(predictor, photo, refine, {"model": name, "input": label, "variant": variant})
@@ -292,8 +308,10 @@ def bench_infer(args, root: str) -> list[dict]:
     if photo.shape[:2] != (600, 400):  # another set's photo: the latency is that of a 600x400 one
         photo = np.asarray(Image.fromarray(photo).resize((400, 600), Image.BILINEAR))
     size = "null" if args.infer_size == "native" else "[{},{}]".format(*args.infer_size.split("x"))
-    # ONNX export (torch.onnx dynamo) takes a minute or more per network: only for the trained checkpoints.
-    specs = [{"model": m, "task": args.infer_task, "size": size, "onnx": False} for m in args.infer_models]
+    # ONNX export (torch.onnx dynamo) takes a minute or more per network: --onnx only for the trained checkpoints;
+    # --int8 for every model.
+    specs = [{"model": m, "task": args.infer_task, "size": size, "onnx": False, "int8": args.int8, "root": root}
+             for m in args.infer_models]
     specs += [{"ckpt": c, "name": Path(c).parent.parent.name or Path(c).stem, "onnx": args.onnx, "int8": args.int8,
                "root": root} for c in args.ckpt]
     refinement = (args.refinement, refinement_params(args.refinement_params)) if args.refinement else None
@@ -349,8 +367,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--onnx", action="store_true",
                    help="also time ONNX Runtime for each --ckpt (needs the deploy extra)")
     p.add_argument("--int8", action="store_true",
-                   help="also time each --ckpt quantized to int8 by ONNX Runtime (export.py int8=true), calibrated "
-                        "on 32 photos of its training split of the data set")
+                   help="also time each model and --ckpt quantized to int8 by ONNX Runtime (export.py int8=true), "
+                        "calibrated on 32 photos of its training split of the data set")
     p.add_argument("--out", default=str(ROOT / "outputs/benchmarks/speed.json"))
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the training config, e.g. trainer.precision=32")
     args = p.parse_args(argv)

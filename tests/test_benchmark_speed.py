@@ -1,8 +1,13 @@
 """scripts/benchmark_speed.py: the training comparison runs on label maps with void (ignored) pixels."""
 
+import json
 import shutil
+import subprocess
+import sys
 
-from tests.conftest import load_script, paint_void_bands
+import pytest
+
+from tests.conftest import ROOT, load_script, paint_void_bands
 
 benchmark_speed = load_script("benchmark_speed")
 
@@ -30,3 +35,20 @@ def test_refinement_params_read_exponent_numbers_as_numbers():
     # YAML 1.1 alone reads 1e-3 (no dot) as a string, which the guided filter cannot compare with 0.
     params = benchmark_speed.refinement_params(["radius=4", "eps=1e-3", "guide=gray"])
     assert params == {"radius": 4, "eps": 0.001, "guide": "gray"} and isinstance(params["eps"], float)
+
+
+@pytest.mark.slow
+def test_infer_section_times_int8_for_an_architecture_and_a_checkpoint(data_root, person_ckpt, tmp_path):
+    """As a user runs it (a script: its model processes can import it)."""
+    out = tmp_path / "speed.json"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_speed.py"), "--sections", "infer", "--data",
+                    str(data_root), "--infer-models", "deeplabv3plus", "--infer-size", "96x64", "--ckpt",
+                    str(person_ckpt), "--int8", "--variants", "eager fp32", "--refinement", "guided", "--out",
+                    str(out)], check=True, cwd=ROOT, timeout=900)
+    infer = json.loads(out.read_text())["infer"]
+    assert not [r for r in infer if "error" in r], infer
+    ckpt_name = person_ckpt.parent.parent.name or person_ckpt.stem
+    rows = {(r["model"], r["variant"]): r for r in infer}
+    for model in ("deeplabv3plus", ckpt_name):
+        assert rows[(model, "onnxruntime int8")]["ms"] > 0
+    assert rows[(ckpt_name, "onnxruntime int8 + guided")]["ms"] > 0
