@@ -177,7 +177,7 @@ def network_logits(net: nn.Module | Runner, images: torch.Tensor, tta_hflip: boo
     h, w = images.shape[-2:]
     total = None
     for scale in scales:
-        size = tuple(max(multiple, int(side * scale / multiple + 0.5) * multiple) for side in (h, w))  # half up
+        size = scaled_size((h, w), scale, multiple)
         x = images if size == (h, w) else \
             F.interpolate(_unit(images), size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
         for flip in (False, True) if tta_hflip else (False,):
@@ -188,6 +188,11 @@ def network_logits(net: nn.Module | Runner, images: torch.Tensor, tta_hflip: boo
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
             total = logits if total is None else total + logits
     return total / (len(scales) * (2 if tta_hflip else 1))
+
+
+def scaled_size(size: Sequence[int], scale: float, multiple: int = 32) -> tuple[int, ...]:
+    """The input size (H, W) that ``scale`` runs: each side times ``scale``, rounded half up to ``multiple``."""
+    return tuple(max(multiple, int(side * scale / multiple + 0.5) * multiple) for side in size)
 
 
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:

@@ -7,6 +7,7 @@ process (training: alternating rounds, median), so ratios compare like with like
     python scripts/benchmark_speed.py --ckpt outputs/.../best.ckpt --onnx   # + a trained recipe
     python scripts/benchmark_speed.py --sections infer --infer-models u2netp
     python scripts/benchmark_speed.py --sections infer --infer-models --ckpt <ckpt> --refinement guided
+    python scripts/benchmark_speed.py --sections infer --infer-models --ckpt <ckpt> --int8 --scales 1.125
 
 Sections:
   train  images/s of DeepLabv3+ (or --model) at --size/--batch through the LightningModule +
@@ -20,7 +21,8 @@ Sections:
          channels_last, bf16 autocast, bf16 + channels_last, the same + torch.compile (weights frozen;
          compile time excluded), ONNX Runtime (--onnx) and its int8 quantization (--int8, calibrated on
          training photos); --variants picks some. With --refinement, each checkpoint
-         variant is also timed followed by that refinement (photo -> refined label map, as predict.py).
+         variant is also timed followed by that refinement (photo -> refined label map, as predict.py);
+         with --scales, each checkpoint runs at those test-time scales (as eval.py tta_scales=[...]).
          Peak resident memory of a fresh process per model. A data set of other sizes: its first photo
          resized to 600x400.
 """
@@ -39,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 import hydra
 import lightning as L
@@ -244,10 +247,11 @@ def int8_calibration(spec: dict, cfg) -> list[torch.Tensor]:
     return training_photos(datamodule, 32)
 
 
-def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
+def infer_job(spec: dict, queue) -> None:
     """One model, every variant, in a fresh process (so that peak memory is this model's)."""
     try:
-        from fashionseg.inference import Predictor
+        photo = benchmark_photo(spec["root"])
+        from fashionseg.inference import Predictor, scaled_size
 
         rows = []
         cfg = None
@@ -261,6 +265,10 @@ def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
             net, names, size, name = hydra.utils.instantiate(cfg.model.net), list(cfg.task.class_names), \
                 cfg.data.image_size, spec["model"]
         label = "native 608x416" if size is None else f"{size[0]}x{size[1]}"
+        scales = tuple(spec.get("scales") or (1.0,))
+        if scales != (1.0,):  # a checkpoint run at other test-time scales, as eval.py/predict.py tta_scales=[...]
+            sizes = [scaled_size(size or (608, 416), s) for s in scales]
+            label += " x" + "/".join(f"{s:g}" for s in scales) + " (" + ", ".join(f"{h}x{w}" for h, w in sizes) + ")"
         refine = None
         if spec.get("refinement"):  # photo -> probabilities -> refined label map, as predict.py does
             from fashionseg.postprocess.evaluate import load_refinements
@@ -268,7 +276,7 @@ def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
             refine_name, params = spec["refinement"]
             refine = load_refinements([refine_name], {refine_name: params})[refine_name]
         for variant in spec["variants"]:
-            predictor = Predictor(copy.deepcopy(net), names, size, **VARIANTS[variant])
+            predictor = Predictor(copy.deepcopy(net), names, size, tta_scales=scales, **VARIANTS[variant])
             rows += time_variant(predictor, photo, refine, {"model": name, "input": label, "variant": variant})
         if spec.get("onnx") or spec.get("int8"):
             from fashionseg.export import OnnxRunner, export_onnx, quantize_onnx
@@ -280,7 +288,7 @@ def infer_job(spec: dict, photo: np.ndarray, queue) -> None:
                     files["onnxruntime int8"] = quantize_onnx(path, Path(tmp) / "model.int8.onnx",
                                                               int8_calibration(spec, cfg))
                 for variant, file in files.items():
-                    predictor = Predictor(OnnxRunner(file), names, size)
+                    predictor = Predictor(OnnxRunner(file), names, size, tta_scales=scales)
                     rows += time_variant(predictor, photo, refine, {"model": name, "input": label, "variant": variant})
         peak_mb = peak_rss_mb()
         for row in rows:
@@ -301,12 +309,33 @@ def refinement_params(items: list[str]) -> dict:
     return params
 
 
-def bench_infer(args, root: str) -> list[dict]:
+def collect_rows(proc, queue, name: str, poll_s: float = 2.0) -> list[dict]:
+    """The rows a model's process reports; an error row if it exits without reporting (it could not
+    start, e.g. could not import this script, or was killed, e.g. for memory)."""
+    while True:
+        try:
+            return queue.get(timeout=poll_s)
+        except Empty:
+            if proc.is_alive():
+                continue
+            try:  # rows put just before it exited
+                return queue.get(timeout=poll_s)
+            except Empty:
+                return [{"model": name, "error": f"its process exited (code {proc.exitcode}) before it reported; "
+                         "run the script as a file (python scripts/benchmark_speed.py ...) and check its memory"}]
+
+
+def benchmark_photo(root: str) -> np.ndarray:
+    """The data set's first photo, resized to 600x400 if it is another size (the latency is that of a 600x400 one)."""
     from fashionseg.io import list_photos, read_photo
 
     photo = read_photo(list_photos(Path(root) / "images")[0])
-    if photo.shape[:2] != (600, 400):  # another set's photo: the latency is that of a 600x400 one
+    if photo.shape[:2] != (600, 400):
         photo = np.asarray(Image.fromarray(photo).resize((400, 600), Image.BILINEAR))
+    return photo
+
+
+def bench_infer(args, root: str) -> list[dict]:
     size = "null" if args.infer_size == "native" else "[{},{}]".format(*args.infer_size.split("x"))
     # ONNX export (torch.onnx dynamo) takes a minute or more per network: --onnx only for the trained checkpoints;
     # --int8 for every model.
@@ -317,13 +346,16 @@ def bench_infer(args, root: str) -> list[dict]:
     refinement = (args.refinement, refinement_params(args.refinement_params)) if args.refinement else None
     for spec in specs:
         spec["variants"], spec["refinement"] = args.variants, refinement if spec.get("ckpt") else None
+        spec["scales"] = args.scales if spec.get("ckpt") else None
     ctx = mp.get_context("spawn")
     rows = []
     for spec in specs:
         queue = ctx.Queue()
-        proc = ctx.Process(target=infer_job, args=(spec, photo, queue))
+        # The process reads the photo itself: its arguments stay small, so that start() cannot block writing
+        # them to a process that died before reading them all.
+        proc = ctx.Process(target=infer_job, args=(spec, queue))
         proc.start()
-        got = queue.get()
+        got = collect_rows(proc, queue, spec.get("name") or spec["model"])
         proc.join()
         for row in got:
             print("  " + "  ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
@@ -360,6 +392,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ckpt", nargs="*", default=[], help="trained checkpoints to time at their own input size")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
                    help=f"inference variants to time (default: all): {', '.join(map(repr, VARIANTS))}")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                   help="test-time scales of each --ckpt (as eval.py / predict.py tta_scales=[...]): e.g. 1.125 runs "
+                        "a 480x320 network at 544x352")
     p.add_argument("--refinement", help="also time each --ckpt's variants followed by this refinement "
                    "(conf/postprocess/<name>.yaml: photo -> probabilities -> refined label map, as predict.py)")
     p.add_argument("--refinement-params", nargs="*", default=[], metavar="PARAM=VALUE",

@@ -1,9 +1,11 @@
 """scripts/benchmark_speed.py: the training comparison runs on label maps with void (ignored) pixels."""
 
+import argparse
 import json
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -35,6 +37,45 @@ def test_refinement_params_read_exponent_numbers_as_numbers():
     # YAML 1.1 alone reads 1e-3 (no dot) as a string, which the guided filter cannot compare with 0.
     params = benchmark_speed.refinement_params(["radius=4", "eps=1e-3", "guide=gray"])
     assert params == {"radius": 4, "eps": 0.001, "guide": "gray"} and isinstance(params["eps"], float)
+
+
+def test_infer_section_reports_a_model_process_that_dies_instead_of_waiting_forever(data_root):
+    # Loaded from its file in-process (as here), the script's module cannot be imported by a spawned model
+    # process: it exits before it reports. The section must say so and go on, not wait on the queue forever.
+    args = argparse.Namespace(
+        infer_models=["deeplabv3plus"], infer_task="person", infer_size="96x64", ckpt=[], onnx=False, int8=False,
+        variants=["eager fp32"], refinement=None, refinement_params=[], scales=[1.0])
+    rows = []
+    worker = threading.Thread(target=lambda: rows.extend(benchmark_speed.bench_infer(args, str(data_root))),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "bench_infer still waits on a model process that has exited"
+    assert len(rows) == 1 and rows[0]["model"] == "deeplabv3plus"
+    assert "exited" in rows[0]["error"] and "before it reported" in rows[0]["error"], rows
+
+
+def test_infer_section_runs_a_checkpoint_at_its_test_time_scales(data_root, person_ckpt, monkeypatch):
+    # --scales 1.5 times the network as eval.py / predict.py tta_scales=[1.5] run it: the input resized by 1.5.
+    import queue
+
+    import fashionseg.inference
+
+    seen = []
+    network_logits = fashionseg.inference.network_logits
+
+    def spy(net, images, tta_hflip=False, scales=(1.0,), multiple=32):
+        seen.append((tuple(scales), tuple(images.shape[-2:])))
+        return network_logits(net, images, tta_hflip, scales, multiple)
+
+    monkeypatch.setattr(fashionseg.inference, "network_logits", spy)
+    rows = queue.Queue()
+    benchmark_speed.infer_job({"ckpt": str(person_ckpt), "name": "p", "root": str(data_root), "onnx": False,
+                               "int8": False, "variants": ["eager fp32"], "refinement": None, "scales": [1.5]}, rows)
+    [row] = rows.get_nowait()
+    assert "error" not in row and row["ms"] > 0
+    assert seen and set(seen) == {((1.5,), (96, 64))}  # the checkpoint's 96x64 input, scaled by 1.5
+    assert row["input"] == "96x64 x1.5 (160x96)"  # sides rounded to multiples of 32, as the network runs it
 
 
 @pytest.mark.slow
