@@ -1,4 +1,5 @@
-"""scripts/benchmark_speed.py: the training comparison runs on label maps with void (ignored) pixels."""
+"""scripts/benchmark_speed.py: the training comparison on label maps with void pixels; the infer section's model
+processes, int8 and test-time scales."""
 
 import argparse
 import json
