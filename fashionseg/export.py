@@ -143,14 +143,15 @@ def check_and_time(net: nn.Module, runners: dict[str, OnnxRunner], images: list[
         return 1000 * (time.perf_counter() - start) / len(images)
 
     torch_pred = Predictor(net, **predictor_kwargs)
+    batches = [torch_pred.transform(image)["image"][None] for image in images]
+    logits = [torch_pred._logits(batch) for batch in batches]  # PyTorch's side, once for every file
     expected = [torch_pred.label_maps([image])[0] for image in images]
     report: dict = {"torch_ms": ms(torch_pred), "photos": len(images)}
     for name, runner in runners.items():
         pred = Predictor(runner, **predictor_kwargs)
         diff, same, total = 0.0, 0, 0
-        for image, want in zip(images, expected):
-            batch = torch_pred.transform(image)["image"][None]
-            diff = max(diff, float((torch_pred._logits(batch) - pred._logits(batch)).abs().max()))
+        for image, batch, want_logits, want in zip(images, batches, logits, expected):
+            diff = max(diff, float((want_logits - pred._logits(batch)).abs().max()))
             for task, label in pred.label_maps([image])[0].items():
                 same, total = same + int((label == want[task]).sum()), total + label.size
         report[name] = {"max_abs_diff": diff, "label_agreement": same / total, "ms": ms(pred)}

@@ -339,14 +339,12 @@ def bench_infer(args, root: str) -> list[dict]:
     size = "null" if args.infer_size == "native" else "[{},{}]".format(*args.infer_size.split("x"))
     # ONNX export (torch.onnx dynamo) takes a minute or more per network: --onnx only for the trained checkpoints;
     # --int8 for every model.
-    specs = [{"model": m, "task": args.infer_task, "size": size, "onnx": False, "int8": args.int8, "root": root}
-             for m in args.infer_models]
-    specs += [{"ckpt": c, "name": Path(c).parent.parent.name or Path(c).stem, "onnx": args.onnx, "int8": args.int8,
-               "root": root} for c in args.ckpt]
+    common = {"variants": args.variants, "int8": args.int8, "root": root}
     refinement = (args.refinement, refinement_params(args.refinement_params)) if args.refinement else None
-    for spec in specs:
-        spec["variants"], spec["refinement"] = args.variants, refinement if spec.get("ckpt") else None
-        spec["scales"] = args.scales if spec.get("ckpt") else None
+    specs = [{"model": m, "task": args.infer_task, "size": size, "onnx": False, "refinement": None, "scales": None,
+              **common} for m in args.infer_models]
+    specs += [{"ckpt": c, "name": Path(c).parent.parent.name or Path(c).stem, "onnx": args.onnx,
+               "refinement": refinement, "scales": args.scales, **common} for c in args.ckpt]
     ctx = mp.get_context("spawn")
     rows = []
     for spec in specs:
