@@ -80,9 +80,14 @@ class Predictor:
         """Network, classes, palette and input size all come from a train.py checkpoint. ``onnx``: an
         exported file of its network (export.py, e.g. its int8 file), run by ONNX Runtime in its place."""
         from fashionseg.checkpoint import load_checkpoint
+
+        return cls.from_module(load_checkpoint(path), onnx, **kwargs)
+
+    @classmethod
+    def from_module(cls, module, onnx: str | Path | None = None, **kwargs) -> Predictor:
+        """``from_checkpoint`` of a loaded checkpoint (``fashionseg.checkpoint.load_checkpoint``)."""
         from fashionseg.data import primary_data_config
 
-        module = load_checkpoint(path)
         cfg = OmegaConf.create(module.hparams.config)
         data = primary_data_config(cfg.data)
         heads = task_heads(cfg.task)

@@ -147,7 +147,7 @@ class SegmentationModule(L.LightningModule):
         out = self(batch["image"])
         loss = self.compute_loss(out, batch["mask"])
         if self.distiller is not None:
-            distill = self.distiller.loss(batch["image"], out["out"], batch["mask"])
+            distill = self.distiller.loss(batch["image"], out["out"], batch["mask"], batch.get("teacher"))
             self.log("train/distill", distill, on_step=False, on_epoch=True, batch_size=len(batch["id"]))
             loss = loss + self.distiller.weight * distill
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["id"]))

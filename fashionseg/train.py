@@ -20,7 +20,7 @@ from fashionseg import ConfigError
 from fashionseg.callbacks.checkpoint import reroot
 from fashionseg.config import check_writable, validate
 from fashionseg.data import FashionDataModule, MultiSetDataModule
-from fashionseg.distill import Distiller
+from fashionseg.distill import attach_distiller
 from fashionseg.losses import median_frequency_weights
 from fashionseg.metrics import confusion_lists
 from fashionseg.module import SegmentationModule
@@ -188,9 +188,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     configure_wandb(cfg)
     loss_cfg = resolve_auto_weights(cfg.loss, datamodule)
     module = SegmentationModule.from_config(cfg, loss_cfg)
-    if cfg.get("distill"):
-        module.distiller = Distiller.from_config(cfg.distill, module.heads, datamodule.ids,
-                                                 module.hparams.ignore_index)
+    attach_distiller(cfg, module, datamodule)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")),
         logger=instantiate_dict(cfg.get("logger"), "logger") or False,

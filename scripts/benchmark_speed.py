@@ -53,6 +53,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from fashionseg.config import compose_config, default_data_dir, override_value
+from fashionseg.distill import attach_distiller
 from fashionseg.module import SegmentationModule
 from fashionseg.train import instantiate_dict
 
@@ -144,6 +145,8 @@ def bench_train(args, root: str) -> dict:
         datamodule.setup("fit")
         module = SegmentationModule.from_config(cfg)
         bare_net = copy.deepcopy(module.net)  # same initial weights
+        bare_data = copy.copy(datamodule.datasets["train"])  # the plain photos: no teacher's logits
+        attach_distiller(cfg, module, datamodule)  # distill=kd: our loop pays the teacher's term
         bf16 = str(cfg.trainer.precision).startswith("bf16")
         ours, bare = [], []
         for r in range(args.rounds):  # alternate the order so that drift hits both alike
@@ -151,7 +154,7 @@ def bench_train(args, root: str) -> dict:
                 if which == "ours":
                     ours.append(time_ours(cfg, module, datamodule, args.warmup, args.steps, log_dir))
                 else:
-                    bare.append(time_bare(bare_net, datamodule.datasets["train"], args.batch, cfg.optimizer.lr, bf16,
+                    bare.append(time_bare(bare_net, bare_data, args.batch, cfg.optimizer.lr, bf16,
                                           args.warmup, args.steps, ignore_index=module.loss.ignore_index,
                                           channels_last=module.hparams.channels_last))
             print(f"  round {r + 1}/{args.rounds}: ours {ours[-1]:.2f} img/s, bare {bare[-1]:.2f} img/s", flush=True)
@@ -160,6 +163,7 @@ def bench_train(args, root: str) -> dict:
             "model": cfg.model.name, "encoder": cfg.model.net.get("encoder_name"), "input_hw": [h, w],
             "batch_size": args.batch, "precision": str(cfg.trainer.precision), "steps_per_round": args.steps,
             "channels_last": module.hparams.channels_last,
+            "distill": OmegaConf.to_container(cfg.distill) if cfg.get("distill") else None,
             "ours_img_s": ours, "bare_img_s": bare, "ratios": ratios,
             "ours_median": statistics.median(ours), "bare_median": statistics.median(bare),
             "ratio_median": statistics.median(ratios),
@@ -416,8 +420,10 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     if "train" in sections:
-        print(f"Training throughput, {args.model} {args.size[0]}x{args.size[1]} batch {args.batch}:", flush=True)
         t = result["train"] = bench_train(args, root)
+        teacher = t["distill"] and (t["distill"].get("logits") or t["distill"].get("teacher"))
+        print(f"Training throughput, {args.model} {args.size[0]}x{args.size[1]} batch {args.batch}"
+              f"{f', ours distilling from {teacher}' if teacher else ''}:", flush=True)
         print(table([["ours (LightningModule + DataModule + Trainer)", t["ours_median"]],
                      ["bare PyTorch loop", t["bare_median"]],
                      ["ratio ours / bare (median of rounds)", t["ratio_median"]]],

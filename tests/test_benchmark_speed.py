@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from tests.conftest import ROOT, load_script, paint_void_bands
+from tests.conftest import ROOT, load_script, make_checkpoint, paint_void_bands
 
 benchmark_speed = load_script("benchmark_speed")
 
@@ -32,6 +32,35 @@ def test_train_section_skips_void_pixels_in_both_loops(data_root, tmp_path, monk
     assert out.is_file()
     # Its training logs (logger=csv) live and die with the run's temporary folder: nothing is left behind.
     assert list(system_tmp.iterdir()) == []
+
+
+def test_train_section_times_our_loop_with_a_teachers_stored_logits(data_root, tmp_path, monkeypatch):
+    """distill=kd distill.logits=<folder>: our loop computes the distillation term from the batches' stored
+    logits; the bare loop trains on the plain photos."""
+    import hydra
+
+    from fashionseg.distill import Distiller, write_teacher_logits
+
+    teacher = make_checkpoint(tmp_path / "teacher" / "checkpoints" / "t.ckpt", data_root, "person")
+    datamodule = hydra.utils.instantiate(benchmark_speed.compose_cfg([f"data.root={data_root}", "task=person"]).data)
+    datamodule.setup("fit")
+    (tmp_path / "teacher" / "split.json").write_text(json.dumps({"train": datamodule.ids["train"], "val": [],
+                                                                 "test": []}))
+    folder = write_teacher_logits(teacher, tmp_path / "logits")
+    batches = []
+    original = Distiller.loss
+
+    def spy(self, images, logits, target, stored=None):
+        batches.append(stored)
+        return original(self, images, logits, target, stored)
+
+    monkeypatch.setattr(Distiller, "loss", spy)
+    result = benchmark_speed.main(["--sections", "train", "--data", str(data_root), "--size", "64", "96", "--batch",
+                                   "2", "--rounds", "1", "--warmup", "1", "--steps", "1", "--out",
+                                   str(tmp_path / "speed.json"), "task=person", "trainer.precision=32-true",
+                                   "distill=kd", f"distill.logits={folder}"])
+    assert result["train"]["distill"]["logits"] == str(folder) and result["train"]["bare_median"] > 0
+    assert len(batches) == 2 and all(b is not None and b.shape == (2, 2, 64, 96) for b in batches)
 
 
 def test_refinement_params_read_exponent_numbers_as_numbers():

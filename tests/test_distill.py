@@ -2,13 +2,15 @@ import csv
 import json
 
 import hydra
+import numpy as np
 import pytest
 import torch
 from conftest import make_checkpoint
 from torch import nn
 
 from fashionseg import ConfigError
-from fashionseg.distill import Distiller, check_teacher_split
+from fashionseg.data.transforms import TrainTransform
+from fashionseg.distill import Distiller, StoredLogits, check_teacher_split, teacher_path, write_teacher_logits
 from fashionseg.heads import Head
 from fashionseg.module import SegmentationModule
 from fashionseg.train import train
@@ -132,3 +134,70 @@ def test_a_teacher_of_another_input_size_sees_the_batch_at_its_scale():
     assert teacher.seen == (64, 96)
     with pytest.raises(ConfigError, match="distill.temperature and distill.scale must be > 0"):
         Distiller(teacher, [(PERSON, PERSON)], scale=0)
+
+
+def test_stored_teacher_logits_are_warped_exactly_as_the_label():
+    """A teacher whose logits are the label's one-hot code still agrees with the label after every flip,
+    zoom, shift and rotation: the stored logits travel with the photo's geometry, not its colours."""
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 3, size=(60, 40)).repeat(2, 0).repeat(2, 1).astype(np.uint8)  # 120x80
+    image = rng.integers(0, 255, size=(120, 80, 3), dtype=np.uint8)
+    teacher = np.eye(3, dtype=np.float16)[label] * 8  # (H, W, 3)
+    transform = TrainTransform([96, 64], 32, {"hflip": 0.5, "scale": [0.75, 1.25], "translate": 0.1, "rotate": 10,
+                                              "color_jitter": 0.3}, ignore_index=255)
+    for seed in range(8):
+        transform.reseed(seed)
+        item = transform(image, label, teacher)
+        mask, logits = item["mask"], item["teacher"]
+        assert logits.shape == (3, 96, 64) and logits.dtype == torch.float32
+        labelled = mask != 255
+        assert labelled.float().mean() > 0.5
+        assert torch.equal(logits.argmax(0)[labelled], mask[labelled])
+        transform.reseed(seed)  # the same draw without a teacher: the same photo and label
+        alone = transform(image, label)
+        assert torch.equal(alone["image"], item["image"]) and torch.equal(alone["mask"], mask)
+
+
+def test_train_distils_stored_teacher_logits_without_running_the_teacher(train_cfg, tmp_path, data_root,
+                                                                         monkeypatch):
+    teacher = make_checkpoint(tmp_path / "teacher" / "checkpoints" / "t.ckpt", data_root, "person")
+    cfg = train_cfg("task=person", f"paths.output_dir={tmp_path / 'student'}")
+    ids = compose_split(cfg)
+    # The teacher learned the student's training photos only.
+    (tmp_path / "teacher" / "split.json").write_text(json.dumps({"train": ids["train"], "val": [], "test": []}))
+    folder = write_teacher_logits(teacher, tmp_path / "logits", tta_hflip=True)
+    stored = StoredLogits(folder)
+    assert stored.ids == ids["train"] and [h.name for h in stored.heads] == ["person"]
+    first = np.load(folder / "logits" / "0.npy")
+    assert first.dtype == np.float16 and first.shape == (96, 64, 2)  # the photo's own size, 2 classes
+    with pytest.raises(ConfigError, match="already holds stored teacher logits"):
+        write_teacher_logits(teacher, folder)
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher network ran during training")
+
+    monkeypatch.setattr(Distiller, "teacher_logits", no_teacher)
+    cfg = train_cfg("task=person", "distill=kd", f"distill.logits={folder}", f"paths.output_dir={tmp_path / 'student'}")
+    train(cfg)
+    rows = list(csv.DictReader((tmp_path / "student" / "csv" / "metrics.csv").open()))
+    distill = [float(r["train/distill"]) for r in rows if r.get("train/distill")]
+    assert distill and distill[0] > 0
+
+    # Stored logits of other photos, or of a teacher that learned this run's test photos, are refused.
+    (folder / "teacher.json").write_text(json.dumps({**stored.manifest, "ids": ids["train"][1:]}))
+    first_id = ids["train"][0]
+    with pytest.raises(ConfigError, match=rf"no logits for 1 of this run's training photos \(e.g. \['{first_id}'\]"):
+        train(cfg)
+    (folder / "split.json").write_text(json.dumps({"train": ids["test"][:2], "val": [], "test": []}))
+    with pytest.raises(ConfigError, match="trained or selected on 2 of this run's test photos"):
+        train(cfg)
+
+
+def test_distill_takes_one_teacher_and_names_a_folder_that_holds_no_logits(tmp_path, person_ckpt):
+    with pytest.raises(ConfigError, match="both set: give one"):
+        teacher_path({"teacher": str(person_ckpt), "logits": str(tmp_path)})
+    with pytest.raises(ConfigError, match=rf"distill.logits={tmp_path} is not a folder of stored teacher logits.*"
+                                          "scripts/teacher_logits.py"):
+        teacher_path({"logits": str(tmp_path)})
+    with pytest.raises(ConfigError, match="split.json is missing"):
+        write_teacher_logits(person_ckpt, tmp_path / "out")

@@ -152,6 +152,13 @@ class FashionDataModule(L.LightningDataModule):
         counts = self.class_counts()
         return counts / counts.sum()
 
+    def set_teacher_logits(self, stored) -> None:
+        """Hand each training photo a teacher's stored logits (``fashionseg.distill.StoredLogits``), which
+        the training transform warps with it and batches carry as ``teacher``."""
+        self.setup("fit")
+        train = self.datasets["train"]
+        train.teacher = stored.load(train.ids, [image.shape[:2] for image, _ in train.arrays])
+
     def split_manifest(self) -> dict:
         """The image ids of each subset, with the root, seed and fractions that drew them."""
         fractions = self.split if isinstance(self.split, list) else None  # else fixed id lists
@@ -195,7 +202,7 @@ class FashionDataModule(L.LightningDataModule):
 def collate(items: list[dict]) -> dict:
     """Stack items; ids stay a list. Evaluation labels must share one native size per batch."""
     batch = {"id": [it["id"] for it in items]}
-    for key in ("image", "mask", "valid_hw"):
+    for key in ("image", "mask", "valid_hw", "teacher"):
         if key in items[0]:
             shapes = {tuple(it[key].shape) for it in items}
             if len(shapes) > 1:

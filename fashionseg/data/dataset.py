@@ -187,6 +187,7 @@ class SegmentationDataset(Dataset):
                  seed: int = 0):
         assert len(ids) == len(arrays), "one decoded pair per id"
         self.ids, self.arrays, self.transform, self.seed = list(ids), arrays, transform, seed
+        self.teacher: list[np.ndarray] | None = None  # a teacher's stored logits per id (distill.logits)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -198,6 +199,6 @@ class SegmentationDataset(Dataset):
         if epoch is not None and hasattr(self.transform, "reseed"):
             self.transform.reseed(int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]))
         image, label = self.arrays[i]
-        item = self.transform(image, label)
+        item = self.transform(image, label) if self.teacher is None else self.transform(image, label, self.teacher[i])
         item["id"] = self.ids[i]
         return item

@@ -93,6 +93,11 @@ class MultiSetDataModule(L.LightningDataModule):
         counts = sum(dm.class_counts() for dm in self.sets.values())
         return counts / counts.sum()
 
+    def set_teacher_logits(self, stored) -> None:
+        raise ConfigError(f"distill.logits={stored.folder} (a teacher's stored logits) works with one data set; this "
+                          f"run trains on {list(self.sets)}. Give distill.teacher=<checkpoint> instead (the teacher "
+                          "runs in every step).")
+
     def write_split(self, path: str | Path) -> None:
         """Each set's split manifest, under its name."""
         Path(path).write_text(json.dumps({name: dm.split_manifest() for name, dm in self.sets.items()}, indent=1))

@@ -58,20 +58,32 @@ def augmentations(hflip: float = 0.5, scale: Sequence[float] | None = None, tran
 
 
 class TrainTransform:
-    """Fit, then augment; label warped with the image (nearest neighbour), new pixels ``ignore_index``."""
+    """Fit, then augment; label warped with the image (nearest neighbour), new pixels ``ignore_index``.
+
+    A teacher's stored logits (H, W, C) of the photo (``distill.logits``) are warped as the label is
+    (nearest neighbour; new pixels get the label's fill value, and the distillation term leaves void
+    pixels out) and leave as ``teacher`` (C, H, W) float32.
+    """
 
     def __init__(self, size: Sequence[int] | None, multiple: int, augment: dict | None = None,
                  ignore_index: int | None = None):
         self.pipeline = A.Compose([fit_transform(size, multiple, ignore_index),
-                                   *augmentations(**(augment or {}), ignore_index=ignore_index)])
+                                   *augmentations(**(augment or {}), ignore_index=ignore_index)],
+                                  additional_targets={"teacher": "mask"})
 
     def reseed(self, seed: int) -> None:
         self.pipeline.set_random_seed(seed)
 
-    def __call__(self, image: np.ndarray, label: np.ndarray) -> dict:
-        out = self.pipeline(image=image, mask=label)
-        return {"image": _to_chw(out["image"]), "mask": _mask(out["mask"]),
+    def __call__(self, image: np.ndarray, label: np.ndarray, teacher: np.ndarray | None = None) -> dict:
+        targets = {"image": image, "mask": label}
+        if teacher is not None:
+            targets["teacher"] = teacher.astype(np.float32)  # OpenCV warps no float16
+        out = self.pipeline(**targets)
+        item = {"image": _to_chw(out["image"]), "mask": _mask(out["mask"]),
                 "valid_hw": torch.tensor(out["image"].shape[:2])}
+        if teacher is not None:
+            item["teacher"] = torch.from_numpy(np.ascontiguousarray(out["teacher"].transpose(2, 0, 1)))
+        return item
 
 
 class EvalTransform:
