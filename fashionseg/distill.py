@@ -211,7 +211,11 @@ class StoredLogits:
         out = []
         for photo, size in zip(ids, sizes):
             file = self.folder / "logits" / f"{self.index[photo]}.npy"
-            logits = np.load(file)
+            try:
+                logits = np.load(file)
+            except (OSError, ValueError, EOFError) as e:  # missing, truncated or not an array
+                raise DataError(f"Cannot read stored teacher logits {file} (photo {photo}): {e}. Write the folder "
+                                "again with scripts/teacher_logits.py (a new --out).") from e
             if logits.shape[:2] != tuple(size):
                 raise DataError(f"Stored teacher logits {file} (photo {photo}) are {logits.shape[1]}x{logits.shape[0]} "
                                 f"(WxH) but the photo is {size[1]}x{size[0]}: the folder was written for other "

@@ -8,7 +8,7 @@ import torch
 from conftest import make_checkpoint
 from torch import nn
 
-from fashionseg import ConfigError
+from fashionseg import ConfigError, DataError
 from fashionseg.data.transforms import TrainTransform
 from fashionseg.distill import Distiller, StoredLogits, check_teacher_split, teacher_path, write_teacher_logits
 from fashionseg.heads import Head
@@ -182,6 +182,14 @@ def test_train_distils_stored_teacher_logits_without_running_the_teacher(train_c
     rows = list(csv.DictReader((tmp_path / "student" / "csv" / "metrics.csv").open()))
     distill = [float(r["train/distill"]) for r in rows if r.get("train/distill")]
     assert distill and distill[0] > 0
+
+    # A damaged file is named, with how to mend it.
+    damaged = folder / "logits" / "1.npy"
+    saved = damaged.read_bytes()
+    damaged.write_bytes(saved[:100])
+    with pytest.raises(DataError, match=rf"Cannot read stored teacher logits {damaged} \(photo {ids['train'][1]}\)"):
+        train(cfg)
+    damaged.write_bytes(saved)
 
     # Stored logits of other photos, or of a teacher that learned this run's test photos, are refused.
     (folder / "teacher.json").write_text(json.dumps({**stored.manifest, "ids": ids["train"][1:]}))
