@@ -195,8 +195,9 @@ class StoredLogits:
         self.index = {photo: n for n, photo in enumerate(self.ids)}
         self.heads = heads_from_names(self.manifest["heads"])
 
-    def check_covers(self, ids: set[str] | Sequence[str]) -> None:
-        """Every photo of ``ids`` (this run's training photos) has stored logits."""
+    def load(self, ids: Sequence[str], sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """The logits (H, W, C) float16 of each photo (this run's training photos), checked to be stored and
+        against the photo's size (H, W)."""
         missing = sorted(set(ids) - set(self.index))
         if missing:
             raise ConfigError(
@@ -204,10 +205,6 @@ class StoredLogits:
                 f"{missing[:5]}); it holds the {len(self.ids)} photos of its teacher's "
                 f"{self.manifest.get('subset', 'training')} split. Write the logits of this run's training photos "
                 "(scripts/teacher_logits.py with the teacher trained on the same data.seed and data.split).")
-
-    def load(self, ids: Sequence[str], sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        """The logits (H, W, C) float16 of each photo, checked against the photo's size (H, W)."""
-        self.check_covers(ids)
         out = []
         for photo, size in zip(ids, sizes):
             file = self.folder / "logits" / f"{self.index[photo]}.npy"
@@ -245,7 +242,7 @@ def write_teacher_logits(ckpt: str | Path, out: str | Path, subset: str = "train
     from fashionseg.inference import Predictor
 
     ckpt, out = Path(ckpt), Path(out)
-    manifest = ckpt.parent.parent / "split.json"
+    manifest = teacher_split_file(ckpt)
     if not manifest.is_file():
         raise ConfigError(f"{manifest} is missing: train.py writes it beside the checkpoints/ folder of {ckpt}, "
                           "and it names the photos the teacher learned. Copy the teacher's run folder whole.")
@@ -292,11 +289,17 @@ def subset_ids(ids: Mapping) -> dict[str, set[str]]:
     return out
 
 
+def teacher_split_file(path: Path) -> Path:
+    """The ``split.json`` naming a teacher's photos: beside the ``checkpoints/`` folder of its checkpoint, or
+    the copy in a folder of its stored logits."""
+    return path / "split.json" if path.is_dir() else path.parent.parent / "split.json"
+
+
 def check_teacher_split(path: Path, ids: Mapping) -> None:
     """Refuse a teacher that learned this run's test photos (its training or validation photos) or its
     validation photos (its training photos): the student would learn them through it. ``path``: the
     teacher's checkpoint, or a folder of its stored logits (which holds a copy of its ``split.json``)."""
-    manifest = path / "split.json" if path.is_dir() else path.parent.parent / "split.json"
+    manifest = teacher_split_file(path)
     if not manifest.is_file():
         raise ConfigError(
             f"Cannot check which photos teacher {path} learned: {manifest} is missing (train.py writes it beside "
