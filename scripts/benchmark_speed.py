@@ -264,10 +264,11 @@ def infer_job(spec: dict, queue) -> None:
             net, names, size, name = base.net, base.class_names, base.image_size, spec["name"]
         else:
             no_weights = ["model.net.encoder_weights=null"] if spec["model"].startswith("deeplab") else []
+            overrides = list(spec.get("overrides") or [])
             cfg = compose_cfg([f"model={spec['model']}", f"task={spec['task']}", *no_weights,
-                               f"data.image_size={spec['size']}"])
-            net, names, size, name = hydra.utils.instantiate(cfg.model.net), list(cfg.task.class_names), \
-                cfg.data.image_size, spec["model"]
+                               f"data.image_size={spec['size']}", *overrides])
+            net, names, size = hydra.utils.instantiate(cfg.model.net), list(cfg.task.class_names), cfg.data.image_size
+            name = " ".join([spec["model"], *overrides])
         label = "native 608x416" if size is None else f"{size[0]}x{size[1]}"
         scales = tuple(spec.get("scales") or (1.0,))
         if scales != (1.0,):  # a checkpoint run at other test-time scales, as eval.py/predict.py tta_scales=[...]
@@ -346,7 +347,7 @@ def bench_infer(args, root: str) -> list[dict]:
     common = {"variants": args.variants, "int8": args.int8, "root": root}
     refinement = (args.refinement, refinement_params(args.refinement_params)) if args.refinement else None
     specs = [{"model": m, "task": args.infer_task, "size": size, "onnx": False, "refinement": None, "scales": None,
-              **common} for m in args.infer_models]
+              "overrides": args.infer_overrides, **common} for m in args.infer_models]
     specs += [{"ckpt": c, "name": Path(c).parent.parent.name or Path(c).stem, "onnx": args.onnx,
                "refinement": refinement, "scales": args.scales, **common} for c in args.ckpt]
     ctx = mp.get_context("spawn")
@@ -391,6 +392,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--infer-models", nargs="*", default=["deeplabv3plus", "deeplabv3", "u2net", "u2netp"])
     p.add_argument("--infer-task", default="fashion")
     p.add_argument("--infer-size", default="native", help="`native` (pad 600x400 to 608x416) or HxW")
+    p.add_argument("--infer-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for the --infer-models networks, e.g. model.net.decoder_channels=128")
     p.add_argument("--ckpt", nargs="*", default=[], help="trained checkpoints to time at their own input size")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
                    help=f"inference variants to time (default: all): {', '.join(map(repr, VARIANTS))}")

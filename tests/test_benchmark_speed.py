@@ -76,7 +76,7 @@ def test_infer_section_reports_a_model_process_that_dies_instead_of_waiting_fore
     monkeypatch.setattr(benchmark_speed, "infer_job", sys.exit)
     args = argparse.Namespace(
         infer_models=["deeplabv3plus"], infer_task="person", infer_size="96x64", ckpt=[], onnx=False, int8=False,
-        variants=["eager fp32"], refinement=None, refinement_params=[], scales=[1.0])
+        variants=["eager fp32"], refinement=None, refinement_params=[], scales=[1.0], infer_overrides=[])
     rows = []
     worker = threading.Thread(target=lambda: rows.extend(benchmark_speed.bench_infer(args, str(data_root))),
                               daemon=True)
@@ -108,6 +108,32 @@ def test_infer_section_runs_a_checkpoint_at_its_test_time_scales(data_root, pers
     assert "error" not in row and row["ms"] > 0
     assert seen and set(seen) == {((1.5,), (96, 64))}  # the checkpoint's 96x64 input, scaled by 1.5
     assert row["input"] == "96x64 x1.5 (160x96)"  # sides rounded to multiples of 32, as the network runs it
+
+
+def test_infer_section_times_an_architecture_with_config_overrides(data_root, monkeypatch):
+    # --infer-overrides model.net.decoder_channels=64 times that network, and its rows say so.
+    import queue
+
+    import fashionseg.inference
+
+    nets = []
+
+    class Spy(fashionseg.inference.Predictor):
+        def __init__(self, net, *args, **kwargs):
+            nets.append(net)
+            super().__init__(net, *args, **kwargs)
+
+    monkeypatch.setattr(fashionseg.inference, "Predictor", Spy)
+    rows = queue.Queue()
+    for overrides in ([], ["model.net.decoder_channels=64"]):
+        benchmark_speed.infer_job({"model": "deeplabv3plus", "task": "person", "size": "[96,64]",
+                                   "root": str(data_root), "onnx": False, "int8": False, "variants": ["eager fp32"],
+                                   "refinement": None, "scales": None, "overrides": overrides}, rows)
+    [default], [narrow] = rows.get_nowait(), rows.get_nowait()
+    assert "error" not in narrow and narrow["ms"] > 0
+    assert (default["model"], narrow["model"]) == ("deeplabv3plus", "deeplabv3plus model.net.decoder_channels=64")
+    size = [sum(p.numel() for p in net.parameters()) for net in nets]
+    assert size[1] < size[0]  # the narrower decoder was built and timed
 
 
 @pytest.mark.slow

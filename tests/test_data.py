@@ -165,6 +165,30 @@ def test_padding_and_augmentation_label_new_pixels_void():
     assert set(TrainTransform(None, 32, {"hflip": 0})(image, label)["mask"].unique().tolist()) == {0, 1}
 
 
+def test_crop_trains_on_a_window_with_its_label():
+    """data.augment.crop: a random window of the fitted photo, the label cut from the same place."""
+    from fashionseg.data.transforms import TrainTransform
+
+    rows = np.arange(90)[:, None].repeat(60, 1)
+    label = ((rows // 7) % 5).astype(np.uint8) + 1
+    image = np.repeat((label * 40)[..., None], 3, axis=2).astype(np.uint8)
+    crop = TrainTransform(None, 32, {"hflip": 0, "crop": [64, 32]}, ignore_index=255)
+    windows = set()
+    for seed in range(6):
+        crop.reseed(seed)
+        item = crop(image, label)
+        mask, img = item["mask"], item["image"]
+        assert mask.shape == (64, 32) and tuple(item["valid_hw"].tolist()) == (64, 32)
+        inside = mask != 255  # the padded photo (96x64) may reach past the photo's 90 rows
+        assert (img[0][inside] == mask[inside] * 40).all()
+        windows.add(tuple(mask[:, 0].tolist()))
+    assert len(windows) > 1  # windows from different places
+    small = TrainTransform(None, 32, {"hflip": 0, "crop": [128, 96]}, ignore_index=255)(image, label)["mask"]
+    assert small.shape == (128, 96) and (small[90:] == 255).all() and (small[:, 60:] == 255).all()
+    with pytest.raises(ConfigError, match=r"data.augment.crop=\[100, 32\] is not divisible by 32"):
+        TrainTransform(None, 32, {"crop": [100, 32]})
+
+
 def test_class_frequencies_leave_void_pixels_out(copy_root):
     paint_void_bands(copy_root)
     dm = datamodule(copy_root, ignore_index=255)

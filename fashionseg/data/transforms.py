@@ -39,10 +39,15 @@ def fit_transform(size: Sequence[int] | None, multiple: int, ignore_index: int |
 
 
 def augmentations(hflip: float = 0.5, scale: Sequence[float] | None = None, translate: float = 0.0,
-                  rotate: float = 0.0, color_jitter: float = 0.0, ignore_index: int | None = None
-                  ) -> list[A.BasicTransform]:
+                  rotate: float = 0.0, color_jitter: float = 0.0, crop: Sequence[int] | None = None,
+                  ignore_index: int | None = None, multiple: int = 1) -> list[A.BasicTransform]:
     """Training augmentations chosen by config switches (0 / null turns one off). Label pixels that a
-    shift, zoom-out or rotation brings in from outside the photo get ``ignore_index``."""
+    shift, zoom-out or rotation brings in from outside the photo get ``ignore_index``.
+
+    ``crop`` (H, W) trains on a random window of the fitted photo, last: a network that predicts at the
+    native size (``data.image_size=null``) learns at native scale for the cost of the window's pixels.
+    A photo smaller than the window is padded (void labels).
+    """
     ops: list[A.BasicTransform] = []
     if hflip:
         ops.append(A.HorizontalFlip(p=hflip))
@@ -54,6 +59,13 @@ def augmentations(hflip: float = 0.5, scale: Sequence[float] | None = None, tran
     if color_jitter:
         ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
                                  hue=min(color_jitter / 4, 0.5), p=0.8))
+    if crop:
+        h, w = (int(c) for c in crop)
+        if h % multiple or w % multiple:
+            raise ConfigError(f"data.augment.crop={[h, w]} is not divisible by {multiple}, which the model needs; "
+                              f"use e.g. data.augment.crop=[{_round_up(h, multiple)},{_round_up(w, multiple)}].")
+        ops.append(A.RandomCrop(h, w, pad_if_needed=True, pad_position="top_left", border_mode=cv2.BORDER_CONSTANT,
+                                fill=0, fill_mask=_fill(ignore_index)))
     return ops
 
 
@@ -68,7 +80,8 @@ class TrainTransform:
     def __init__(self, size: Sequence[int] | None, multiple: int, augment: dict | None = None,
                  ignore_index: int | None = None):
         self.pipeline = A.Compose([fit_transform(size, multiple, ignore_index),
-                                   *augmentations(**(augment or {}), ignore_index=ignore_index)],
+                                   *augmentations(**(augment or {}), ignore_index=ignore_index,
+                                                 multiple=multiple)],
                                   additional_targets={"teacher": "mask"})
 
     def reseed(self, seed: int) -> None:
