@@ -14,12 +14,13 @@ benchmark_accuracy = load_script("benchmark_accuracy")
 
 def test_recipes_sharing_a_network_train_once_and_refinements_add_rows(data_root, tmp_path):
     runs = tmp_path / "runs"
-    # With best_person's encoder, input size, schedule and memory order and no time guard, fast_person_trainval
-    # trains best_person's network: best_person differs only in test-time settings (TTA, refinements), so only
-    # the first one trains.
+    # With best_person's encoder, decoder, input size, training windows, schedule and memory order and no time
+    # guard, fast_person_trainval trains best_person's network: best_person differs only in test-time settings
+    # (TTA, refinements), so only the first one trains.
     overrides = [f"data.root={data_root}", "data.image_size=[96,64]", "data.batch_size=2", "data.eval_batch_size=4",
                  "trainer.max_epochs=1", "trainer.precision=32-true", "model.net.encoder_weights=null",
-                 "model.net.encoder_name=tu-tf_efficientnet_lite0", "trainer.max_time=null", "channels_last=true"]
+                 "model.net.encoder_name=tu-tf_efficientnet_lite0", "trainer.max_time=null", "channels_last=true",
+                 "model.net.decoder_channels=256", "data.augment.crop=null"]
     rows = benchmark_accuracy.main(["--recipes", "fast_person_trainval", "best_person", "--runs", str(runs),
                                     *overrides])
 
