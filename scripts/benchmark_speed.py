@@ -264,7 +264,7 @@ def infer_job(spec: dict, queue) -> None:
             net, names, size, name = base.net, base.class_names, base.image_size, spec["name"]
         else:
             no_weights = ["model.net.encoder_weights=null"] if spec["model"].startswith("deeplab") else []
-            overrides = list(spec.get("overrides") or [])
+            overrides = spec.get("overrides", [])
             cfg = compose_cfg([f"model={spec['model']}", f"task={spec['task']}", *no_weights,
                                f"data.image_size={spec['size']}", *overrides])
             net, names, size = hydra.utils.instantiate(cfg.model.net), list(cfg.task.class_names), cfg.data.image_size
