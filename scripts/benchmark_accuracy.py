@@ -23,16 +23,16 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from fashionseg.config import compose_config
-from fashionseg.figures import confusion_figure
+from fashionseg.core.config import compose_config
+from fashionseg.core.jobs import run_logged
 from fashionseg.metrics import scores
+from fashionseg.metrics.figures import confusion_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,11 +69,7 @@ def device_name(cfg: dict) -> str:
 
 
 def run(cmd: list[str], log_path: Path) -> None:
-    print("  $ " + " ".join(cmd), flush=True)
-    with open(log_path, "a") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        raise RuntimeError(f"Command failed (exit {proc.returncode}), see {log_path}: {' '.join(cmd)}")
+    run_logged(cmd, log_path, cwd=ROOT)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

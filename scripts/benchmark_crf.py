@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from fashionseg.checkpoint import load_checkpoint
-from fashionseg.config import compose_config, default_data_dir
-from fashionseg.evaluate import checkpoint_datamodule
-from fashionseg.memory import keep_freed_memory
+from fashionseg.core.config import compose_config, default_data_dir
+from fashionseg.core.memory import keep_freed_memory
+from fashionseg.data import checkpoint_datamodule
 from fashionseg.metrics import SegmentationMetrics, scores
 from fashionseg.postprocess import DenseCRF
+from fashionseg.training.module import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_photos(ckpt: str, root: str, n: int):
     """Photos, labels and the model's probabilities for the first n test images."""
     module = load_checkpoint(ckpt)
-    dataset = checkpoint_datamodule(module, root, limit=None).datasets["test"]
+    dataset = checkpoint_datamodule(module.hparams.config, root, limit=None).datasets["test"]
     photos, labels, probs = [], [], []
     with torch.no_grad():
         for i in range(min(n, len(dataset))):

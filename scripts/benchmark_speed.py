@@ -52,21 +52,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fashionseg.config import compose_config, default_data_dir, override_value
-from fashionseg.distill import attach_distiller
-from fashionseg.module import SegmentationModule
-from fashionseg.train import instantiate_dict
+from fashionseg.core.config import compose_config, default_data_dir, override_value
+from fashionseg.inference import VARIANTS
+from fashionseg.training.distill import attach_distiller
+from fashionseg.training.module import SegmentationModule
+from fashionseg.training.train import instantiate_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-
-VARIANTS = {  # name -> Predictor options
-    "eager fp32": dict(channels_last=False, bf16=False),
-    "channels_last": dict(channels_last=True, bf16=False),
-    "bf16": dict(channels_last=False, bf16=True),
-    "bf16+channels_last": dict(channels_last=True, bf16=True),
-    "bf16+cl+compile": dict(channels_last=True, bf16=True, compile=True),  # torch.compile, weights frozen
-}
-
 
 def compose_cfg(overrides: list[str], output_dir: str | None = None):
     """train.py's config without a Hydra run. ``output_dir``: where a section's run writes (its logs), a
@@ -238,12 +230,12 @@ def int8_calibration(spec: dict, cfg) -> list[torch.Tensor]:
     """32 training photos of the data set: the checkpoint's own training split, or for an architecture
     config the split its config draws."""
     from fashionseg.data import primary_data_config
-    from fashionseg.export import calibration_batches, training_photos
+    from fashionseg.serving.export import calibration_batches, training_photos
 
     if spec.get("ckpt"):
-        from fashionseg.checkpoint import load_checkpoint
+        from fashionseg.inference import load_network
 
-        return calibration_batches(load_checkpoint(spec["ckpt"]), spec["root"], 32)
+        return calibration_batches(load_network(spec["ckpt"]).config, spec["root"], 32)
     data = primary_data_config(cfg.data)
     data.root = spec["root"]
     datamodule = hydra.utils.instantiate(data)
@@ -276,7 +268,7 @@ def infer_job(spec: dict, queue) -> None:
             label += " x" + "/".join(f"{s:g}" for s in scales) + " (" + ", ".join(f"{h}x{w}" for h, w in sizes) + ")"
         refine = None
         if spec.get("refinement"):  # photo -> probabilities -> refined label map, as predict.py does
-            from fashionseg.postprocess.evaluate import load_refinements
+            from fashionseg.postprocess.registry import load_refinements
 
             refine_name, params = spec["refinement"]
             refine = load_refinements([refine_name], {refine_name: params})[refine_name]
@@ -284,7 +276,8 @@ def infer_job(spec: dict, queue) -> None:
             predictor = Predictor(copy.deepcopy(net), names, size, tta_scales=scales, **VARIANTS[variant])
             rows += time_variant(predictor, photo, refine, {"model": name, "input": label, "variant": variant})
         if spec.get("onnx") or spec.get("int8"):
-            from fashionseg.export import OnnxRunner, export_onnx, quantize_onnx
+            from fashionseg.inference import OnnxRunner
+            from fashionseg.serving.export import export_onnx, quantize_onnx
 
             with tempfile.TemporaryDirectory() as tmp:
                 path = export_onnx(net.eval(), Path(tmp) / "model.onnx", size or [608, 416])
@@ -332,7 +325,7 @@ def collect_rows(proc, queue, name: str, poll_s: float = 2.0) -> list[dict]:
 
 def benchmark_photo(root: str) -> np.ndarray:
     """The data set's first photo, resized to 600x400 if it is another size (the latency is that of a 600x400 one)."""
-    from fashionseg.io import list_photos, read_photo
+    from fashionseg.core.io import list_photos, read_photo
 
     photo = read_photo(list_photos(Path(root) / "images")[0])
     if photo.shape[:2] != (600, 400):

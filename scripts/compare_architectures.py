@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other scripts, also when loaded from a file
-from benchmark_accuracy import ROOT, run  # noqa: E402
-from benchmark_speed import VARIANTS  # noqa: E402
+from fashionseg.core.jobs import run_logged
+from fashionseg.inference import VARIANTS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_MODELS = ["deeplabv3plus", "unet", "fpn", "upernet", "segformer"]
 DEFAULT_VARIANTS = ["eager fp32", "bf16+channels_last"]
@@ -48,8 +49,8 @@ def parameter_count(ckpt: str) -> int:
 def latency(jobs: list[tuple[Path, dict]], variants: list[str], data: str | None, out: Path, log: Path) -> dict:
     """{job dir name: {variant: ms}} from one benchmark_speed.py run over the jobs' best checkpoints."""
     ckpts = [r["best_checkpoint"] for _, r in jobs]
-    run([sys.executable, "scripts/benchmark_speed.py", "--sections", "infer", "--infer-models", "--ckpt", *ckpts,
-         "--variants", *variants, "--out", str(out), *(["--data", data] if data else [])], log)
+    run_logged([sys.executable, "scripts/benchmark_speed.py", "--sections", "infer", "--infer-models", "--ckpt", *ckpts,
+                "--variants", *variants, "--out", str(out), *(["--data", data] if data else [])], log, cwd=ROOT)
     timed: dict[str, dict[str, float]] = {}
     for row in json.loads(out.read_text())["infer"]:
         if "ms" in row:
@@ -106,9 +107,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     log = sweep / "compare.log"
     jobs = finished_jobs(sweep)
     if args.retrain or not jobs:
-        run([sys.executable, "train.py", "experiment=compare_architectures", f"model={','.join(args.models)}",
-             f"hydra.sweep.dir={sweep}", "trainer.enable_progress_bar=false",
-             *([f"trainer.max_epochs={args.epochs}"] if args.epochs else []), *args.overrides], log)
+        run_logged([sys.executable, "train.py", "experiment=compare_architectures", f"model={','.join(args.models)}",
+                    f"hydra.sweep.dir={sweep}", "trainer.enable_progress_bar=false",
+                    *([f"trainer.max_epochs={args.epochs}"] if args.epochs else []), *args.overrides], log, cwd=ROOT)
         jobs = finished_jobs(sweep)
         missing = sorted(set(args.models) - {r["model"] for _, r in jobs})  # what this call trained, not a reused sweep
         if missing:

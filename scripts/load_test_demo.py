@@ -63,8 +63,8 @@ def untrained_checkpoint(path: Path) -> Path:
     """A person checkpoint of the default model (DeepLabv3+), untrained: what the demo loads, minus training."""
     import torch
 
-    from fashionseg.config import compose_config
-    from fashionseg.module import SegmentationModule
+    from fashionseg.core.config import compose_config
+    from fashionseg.training.module import SegmentationModule
 
     cfg = compose_config("train", ["task=person", "model.net.encoder_weights=null", f"paths.output_dir={path.parent}"])
     module = SegmentationModule.from_config(cfg)

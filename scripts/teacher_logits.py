@@ -6,7 +6,7 @@
 The teacher runs once per photo of its run's training split (its ``split.json``), at the photo's own
 size as eval.py and predict.py run it (optionally with flip and multi-scale test-time augmentation), and
 its logits are written as float16 (H, W, C), one file per photo, with the teacher's ``split.json`` and a
-``teacher.json`` naming the checkpoint, its heads and how it ran (``fashionseg.distill.write_teacher_logits``).
+``teacher.json`` naming the checkpoint, its heads and how it ran (``fashionseg.training.distill.write_teacher_logits``).
 A student trained on the same data.seed and data.split then warps them with each augmented photo.
 """
 
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from fashionseg.distill import write_teacher_logits
+from fashionseg.training.distill import write_teacher_logits
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ the chosen ones on the test split.
 
 The network runs once over the validation photos (at native 600x400, bf16 autocast as in eval.py,
 optional flip TTA); every setting of every refinement is then scored on the same probabilities
-(``fashionseg.postprocess.evaluate.evaluate_refinements``). Each refinement's grid is the product of
+(``fashionseg.evaluation.refinements.evaluate_refinements``). Each refinement's grid is the product of
 its listed values (defaults below; ``--grid name.param=v1,v2`` replaces one list). The best setting
 per refinement is the one with the highest validation mIoU (Boundary IoU is shown beside it); nothing here
 looks at the test split. Prints one table per refinement (sorted), writes JSON with every row and the
@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from fashionseg.checkpoint import load_checkpoint
-from fashionseg.config import default_data_dir, override_value
-from fashionseg.evaluate import checkpoint_datamodule
-from fashionseg.memory import keep_freed_memory
-from fashionseg.postprocess.evaluate import evaluate_refinements, load_refinements
+from fashionseg.core.config import default_data_dir, override_value
+from fashionseg.core.memory import keep_freed_memory
+from fashionseg.data import checkpoint_datamodule
+from fashionseg.evaluation.refinements import evaluate_refinements
+from fashionseg.postprocess.registry import load_refinements
+from fashionseg.training.module import load_checkpoint
 
 # Around each refinement's defaults (conf/postprocess/): 1 + 4 + 12 + 6 + 9 + 18 settings.
 GRIDS = {
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     if len(heads) > 1 and args.task not in heads:
         raise SystemExit(f"{args.ckpt} is a joint network with heads {list(heads)}; choose one with --task.")
     cfg = OmegaConf.create(module.hparams.config)
-    dataset = checkpoint_datamodule(module, args.data or default_data_dir(), limit=None).datasets["val"]
+    dataset = checkpoint_datamodule(module.hparams.config, args.data or default_data_dir(), limit=None).datasets["val"]
     variants, chosen_from = {}, {}
     for name in args.refinements:
         if name not in grids:

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from fashionseg.config import compose_config
+from fashionseg.core.config import compose_config
 
 # torch.compile's one-off compile of the CRF takes tens of seconds on a fresh 2-core machine, in every process
 # that refines: the tests, and the train/eval processes they start, run it eagerly (the same results). The
@@ -128,7 +128,7 @@ def make_checkpoint(path: Path, data_root: Path, task: str = "person", model: st
     """A checkpoint as train.py writes it (config + weights), of an untrained small network: no training needed."""
     import torch
 
-    from fashionseg.module import SegmentationModule
+    from fashionseg.training.module import SegmentationModule
 
     cfg = compose_cfg("train", [f"model={model}", f"task={task}", *no_weights(model),
                                 *small_overrides(data_root, path.parent)])

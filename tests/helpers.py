@@ -2,7 +2,7 @@
 
 import torch
 
-from fashionseg.losses import CrossEntropy
+from fashionseg.training.losses import CrossEntropy
 
 
 class NaNAfterSteps(CrossEntropy):

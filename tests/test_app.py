@@ -17,8 +17,8 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fashionseg import ConfigError
-from fashionseg.app import create_app
+from fashionseg.core.errors import ConfigError
+from fashionseg.serving.app import create_app
 
 
 def png_bytes(h: int = 90, w: int = 60) -> bytes:

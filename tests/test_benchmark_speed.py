@@ -39,7 +39,7 @@ def test_train_section_times_our_loop_with_a_teachers_stored_logits(data_root, t
     logits; the bare loop trains on the plain photos."""
     import hydra
 
-    from fashionseg.distill import Distiller, write_teacher_logits
+    from fashionseg.training.distill import Distiller, write_teacher_logits
 
     teacher = make_checkpoint(tmp_path / "teacher" / "checkpoints" / "t.ckpt", data_root, "person")
     datamodule = hydra.utils.instantiate(benchmark_speed.compose_cfg([f"data.root={data_root}", "task=person"]).data)
@@ -91,16 +91,16 @@ def test_infer_section_runs_a_checkpoint_at_its_test_time_scales(data_root, pers
     # --scales 1.5 times the network as eval.py / predict.py tta_scales=[1.5] run it: the input resized by 1.5.
     import queue
 
-    import fashionseg.inference
+    import fashionseg.inference.predictor
 
     seen = []
-    network_logits = fashionseg.inference.network_logits
+    network_logits = fashionseg.inference.predictor.network_logits
 
     def spy(net, images, tta_hflip=False, scales=(1.0,), multiple=32):
         seen.append((tuple(scales), tuple(images.shape[-2:])))
         return network_logits(net, images, tta_hflip, scales, multiple)
 
-    monkeypatch.setattr(fashionseg.inference, "network_logits", spy)
+    monkeypatch.setattr(fashionseg.inference.predictor, "network_logits", spy)
     rows = queue.Queue()
     benchmark_speed.infer_job({"ckpt": str(person_ckpt), "name": "p", "root": str(data_root), "onnx": False,
                                "int8": False, "variants": ["eager fp32"], "refinement": None, "scales": [1.5]}, rows)

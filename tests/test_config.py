@@ -10,9 +10,9 @@ from conftest import CONF, ROOT, compose_cfg
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from fashionseg import ConfigError
-from fashionseg.config import validate
-from fashionseg.heads import task_heads
+from fashionseg.core.config import validate
+from fashionseg.core.errors import ConfigError
+from fashionseg.core.heads import task_heads
 
 MODELS = sorted(p.stem for p in Path(CONF, "model").glob("*.yaml") if p.stem != "smp")  # smp: needs model.net.arch
 TASKS = sorted(p.stem for p in Path(CONF, "task").glob("*.yaml"))
@@ -82,8 +82,6 @@ def test_unknown_key_is_rejected():
     ("loss=wce loss.weights=[1.0,2.0]", "loss.weights has 2 values .* task=fashion has 7 classes"),
     ("data.image_size=[100,64]", r"data.image_size=\[100, 64\] must be .* divisible by 32"),
     ("data.batch_size=0", "data.batch_size must be >= 1"),
-    ("distill=kd", "distill.teacher is not set: give distill.teacher=<teacher run>/checkpoints/<file>.ckpt"),
-    ("distill=kd distill.teacher=/nowhere/t.ckpt", "distill.teacher=/nowhere/t.ckpt does not exist"),
 ])
 def test_impossible_values_fail_fast(override, message):
     cfg = compose_cfg("train", [*override.split(), "paths.output_dir=/tmp/x"])
@@ -91,10 +89,27 @@ def test_impossible_values_fail_fast(override, message):
         validate(cfg)
 
 
+@pytest.mark.parametrize("override,message", [
+    ("distill=kd", "distill.teacher is not set: give distill.teacher=<teacher run>/checkpoints/<file>.ckpt"),
+    ("distill=kd distill.teacher=/nowhere/t.ckpt", "distill.teacher=/nowhere/t.ckpt does not exist"),
+])
+def test_a_missing_teacher_fails_before_any_data_is_read(override, message, tmp_path):
+    # Distillation checks its own settings (training layer), right after the shared checks: the data root
+    # here does not exist, so reading any data first would fail with another message.
+    from fashionseg.training.train import train
+
+    cfg = compose_cfg("train", [*override.split(), f"paths.output_dir={tmp_path / 'run'}",
+                                f"data.root={tmp_path / 'no-data'}"])
+    validate(cfg)  # the shared checks leave a feature's settings to its own layer
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # nothing written either
+
+
 def test_optuna_search_composes_and_searches_real_keys():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from fashionseg.config import compose_config
+    from fashionseg.core.config import compose_config
 
     cfg = compose_config("train", ["hparams_search=optuna", "paths.output_dir=/tmp/x"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
@@ -144,3 +159,30 @@ def test_root_entry_point_logs_to_its_own_file(data_root, tmp_path):
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Data set not found" in proc.stdout + proc.stderr
     assert "Data set not found" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    from importlib.metadata import version
+
+    import fashionseg
+    from fashionseg.cli import main
+
+    assert fashionseg.__version__ == version("fashionseg")
+    main(["--version"])
+    assert capsys.readouterr().out.strip() == f"fashionseg {fashionseg.__version__}"
+    main([])
+    assert "usage: fashionseg" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown command 'fit'; choose one of train, eval"):
+        main(["fit"])
+
+
+def test_fashionseg_command_runs_an_entry_point_from_any_directory(tmp_path):
+    # `fashionseg train ...` is `fashionseg-train ...`: the same Hydra main, the configs inside the package.
+    script = Path(sys.executable).with_name("fashionseg")
+    out = subprocess.run([str(script), "train", "task=person", "model=fpn", "--cfg", "job"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    job = yaml.safe_load(out.stdout)
+    assert (job["task"]["name"], job["model"]["name"]) == ("person", "fpn")
+    version = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("fashionseg ")

@@ -11,7 +11,7 @@ import torch
 from conftest import compose_cfg, paint_void_bands, write_dataset, write_palette_png
 from PIL import Image
 
-from fashionseg import ConfigError, DataError
+from fashionseg.core.errors import ConfigError, DataError
 from fashionseg.data import FashionDataModule
 
 

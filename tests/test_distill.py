@@ -8,12 +8,12 @@ import torch
 from conftest import make_checkpoint
 from torch import nn
 
-from fashionseg import ConfigError, DataError
+from fashionseg.core.errors import ConfigError, DataError
+from fashionseg.core.heads import Head
 from fashionseg.data.transforms import TrainTransform
-from fashionseg.distill import Distiller, StoredLogits, check_teacher_split, teacher_path, write_teacher_logits
-from fashionseg.heads import Head
-from fashionseg.module import SegmentationModule
-from fashionseg.train import train
+from fashionseg.training.distill import Distiller, StoredLogits, check_teacher_split, teacher_path, write_teacher_logits
+from fashionseg.training.module import SegmentationModule
+from fashionseg.training.train import train
 
 PERSON = Head("person", ("background", "person"))
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from fashionseg.export import OnnxRunner, calibration_batches, export_onnx, quantize_onnx
-from fashionseg.inference import Predictor
+from fashionseg.inference import OnnxRunner, Predictor
 from fashionseg.models.base import Normalize
+from fashionseg.serving.export import calibration_batches, export_onnx, quantize_onnx
 
 
 class TinyNet(nn.Module):
@@ -98,24 +98,24 @@ def test_int8_quantization_runs_integer_kernels_close_to_the_float_network(tmp_p
 
 
 def test_calibration_photos_come_from_the_checkpoints_training_split(person_ckpt, data_root):
-    from fashionseg.checkpoint import load_checkpoint
-    from fashionseg.evaluate import checkpoint_datamodule
+    from fashionseg.data import checkpoint_datamodule
+    from fashionseg.training.module import load_checkpoint
 
     module = load_checkpoint(person_ckpt)
-    batches = calibration_batches(module, str(data_root), 100)
-    datamodule = checkpoint_datamodule(module, str(data_root))
+    batches = calibration_batches(module.hparams.config, str(data_root), 100)
+    datamodule = checkpoint_datamodule(module.hparams.config, str(data_root))
     train, test = (datamodule.datasets[s] for s in ("train", "test"))
     assert len(batches) == len(train) == 10
     assert all(b.dtype == torch.uint8 and b.shape == (1, 3, 96, 64) for b in batches)
     test.transform = datamodule.eval_transform
     test_images = [test[i]["image"] for i in range(len(test))]
     assert not any(torch.equal(b[0], t) for b in batches for t in test_images)
-    assert len(calibration_batches(module, str(data_root), 3)) == 3
+    assert len(calibration_batches(module.hparams.config, str(data_root), 3)) == 3
 
 
 @pytest.mark.slow
 def test_export_cli_on_a_checkpoint(person_ckpt, data_root, tmp_path):
-    from fashionseg.export import export
+    from fashionseg.serving.export import export
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg("export", [f"ckpt_path={person_ckpt}", f"paths.output_dir={tmp_path}",
@@ -129,9 +129,9 @@ def test_export_cli_on_a_checkpoint(person_ckpt, data_root, tmp_path):
 def test_int8_export_then_eval_and_predict_run_the_onnx_files(person_ckpt, data_root, tmp_path):
     """export.py int8=true writes both files; eval.py onnx=<file> scores what ONNX Runtime runs (the float
     file as the checkpoint does), and predict.py onnx=<file> labels photos with it."""
-    from fashionseg.evaluate import evaluate
-    from fashionseg.export import export
-    from fashionseg.predict import predict
+    from fashionseg.evaluation.evaluate import evaluate
+    from fashionseg.serving.export import export
+    from fashionseg.serving.predict import predict
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg("export", [f"ckpt_path={person_ckpt}", f"paths.output_dir={tmp_path}",

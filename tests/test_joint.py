@@ -15,13 +15,13 @@ from conftest import compose_cfg, paint_void_bands, small_overrides, write_datas
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fashionseg import ConfigError
-from fashionseg.app import create_app
-from fashionseg.checkpoint import load_checkpoint
-from fashionseg.evaluate import evaluate
+from fashionseg.core.errors import ConfigError
+from fashionseg.evaluation.evaluate import evaluate
 from fashionseg.inference import Predictor
-from fashionseg.predict import predict
-from fashionseg.train import train
+from fashionseg.serving.app import create_app
+from fashionseg.serving.predict import predict
+from fashionseg.training.module import load_checkpoint
+from fashionseg.training.train import train
 
 PERSON, FASHION = ["background", "person"], ["background", "skin", "hair", "tshirt", "shoes", "pants", "dress"]
 
@@ -180,7 +180,7 @@ def test_dashboards_show_each_tasks_photos_and_confusion_matrix(joint_root, tmp_
     ("task.label=[person,person]", r"task.label=\['person', 'person'\] must list the heads' own"),
 ])
 def test_joint_refuses_what_it_cannot_do_before_reading_data(override, message, tmp_path):
-    from fashionseg.config import validate
+    from fashionseg.core.config import validate
 
     cfg = compose_cfg("train", ["task=joint", f"paths.output_dir={tmp_path}", override])
     with pytest.raises(ConfigError, match=message):

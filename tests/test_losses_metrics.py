@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fashionseg import ConfigError
-from fashionseg.losses import Combined, CrossEntropy, Dice, Focal, Lovasz, median_frequency_weights
+from fashionseg.core.errors import ConfigError
 from fashionseg.metrics import (
     BoundaryIoU,
     SegmentationMetrics,
@@ -14,6 +13,7 @@ from fashionseg.metrics import (
     labels_from_scores,
     scores,
 )
+from fashionseg.training.losses import Combined, CrossEntropy, Dice, Focal, Lovasz, median_frequency_weights
 
 
 def test_cross_entropy_by_hand():
@@ -140,7 +140,7 @@ def test_every_loss_leaves_void_pixels_out(make):
 
 
 def test_u2net_fusion_loss_leaves_void_pixels_out():
-    from fashionseg.module import SegmentationModule
+    from fashionseg.training.module import SegmentationModule
 
     module = SegmentationModule(torch.nn.Identity(), CrossEntropy(ignore_index=VOID), None, None, ["a", "b", "c"],
                                 aux_weight=1.0, ignore_index=VOID)

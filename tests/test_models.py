@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import compose_cfg
 
-from fashionseg import ConfigError
+from fashionseg.core.errors import ConfigError
 from fashionseg.models import RSU, SmpSegmenter, U2Net, deeplabv3, deeplabv3plus
 from fashionseg.models.deeplab import architectures
 from fashionseg.models.pretrained import packaged_weights_path
-from fashionseg.module import SegmentationModule
+from fashionseg.training.module import SegmentationModule
 
 
 @pytest.mark.parametrize("variant", ["u2net", "u2netp"])

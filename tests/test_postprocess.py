@@ -242,8 +242,8 @@ def test_cleanup_refills_small_regions():
 def test_eval_and_test_end_callback_report_refinements_side_by_side(train_cfg, tmp_path, data_root):
     import json
 
-    from fashionseg.evaluate import evaluate
-    from fashionseg.train import train
+    from fashionseg.evaluation.evaluate import evaluate
+    from fashionseg.training.train import train
     from tests.conftest import compose_cfg
 
     _, results = train(train_cfg("callbacks=refine", "task=person"))

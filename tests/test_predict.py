@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fashionseg import ConfigError, DataError
+from fashionseg.core.errors import ConfigError, DataError
+from fashionseg.core.io import read_photo
 from fashionseg.inference import Predictor, network_logits
-from fashionseg.io import read_photo
-from fashionseg.predict import predict
+from fashionseg.serving.predict import predict
 from tests.conftest import ROOT, compose_cfg
 
 
@@ -76,7 +76,7 @@ def test_empty_and_missing_inputs_are_clear_errors(person_ckpt, tmp_path):
 
 
 def test_onnx_runs_on_the_cpu_only(person_ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr("fashionseg.predict.resolve_device", lambda device: "cuda")  # as on a GPU machine
+    monkeypatch.setattr("fashionseg.serving.predict.resolve_device", lambda device: "cuda")  # as on a GPU machine
     with pytest.raises(ConfigError, match="onnx=.*device=cpu"):
         predict(predict_cfg(person_ckpt, tmp_path, tmp_path / "out", "onnx=model.onnx", "device=cuda"))
 
@@ -120,7 +120,7 @@ def test_zero_byte_file_and_upload_get_the_same_message(tmp_path):
 
 
 def test_overlay_draws_void_ground_truth_in_grey():
-    from fashionseg.io import VOID_COLOUR, overlay
+    from fashionseg.core.io import VOID_COLOUR, overlay
 
     photo = np.zeros((4, 4, 3), np.uint8)
     label = np.array([[0, 1, 255, 255]] * 4, np.uint8)  # a ground-truth map with the ignore label
@@ -129,7 +129,7 @@ def test_overlay_draws_void_ground_truth_in_grey():
 
 
 def test_overlay_draws_class_boundaries_as_thin_lines_on_request(person_ckpt, tmp_path):
-    from fashionseg.io import BOUNDARY_COLOUR, class_boundaries, overlay
+    from fashionseg.core.io import BOUNDARY_COLOUR, class_boundaries, overlay
 
     photo = np.full((6, 8, 3), 90, np.uint8)
     label = np.zeros((6, 8), np.uint8)

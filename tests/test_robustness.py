@@ -16,10 +16,10 @@ import torch
 from conftest import ROOT, compose_cfg, small_overrides
 from PIL import Image
 
-from fashionseg import ConfigError
-from fashionseg.callbacks import NonFiniteLossError
-from fashionseg.config import check_writable, validate
-from fashionseg.train import resume_config, train
+from fashionseg.core.config import check_writable, validate
+from fashionseg.core.errors import ConfigError
+from fashionseg.training.callbacks import NonFiniteLossError
+from fashionseg.training.train import resume_config, train
 
 
 def run_train(args: list[str], env: dict | None = None, **kw) -> subprocess.Popen:

@@ -57,7 +57,7 @@ def read_wandb_records(run_file: Path) -> list:
 
 
 def test_wandb_offline_run_has_config_history_and_masks(train_cfg, tmp_path, monkeypatch):
-    from fashionseg.train import train
+    from fashionseg.training.train import train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -138,7 +138,7 @@ def test_ddp_two_cpu_processes(data_root, tmp_path):
 def test_wandb_mode_choice(env, offline, monkeypatch, tmp_path, caplog):
     from omegaconf import OmegaConf
 
-    from fashionseg.tracking import configure_wandb
+    from fashionseg.core.tracking import configure_wandb
 
     for key in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(key, raising=False)
@@ -154,7 +154,7 @@ def test_wandb_mode_choice(env, offline, monkeypatch, tmp_path, caplog):
 
 
 def test_slurm_launcher_config_composes():
-    from fashionseg.config import compose_config
+    from fashionseg.core.config import compose_config
 
     cfg = compose_config("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
     launcher = cfg.hydra.launcher

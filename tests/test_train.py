@@ -14,14 +14,14 @@ import torch
 from conftest import ROOT, compose_cfg, load_script, paint_void_bands, small_overrides, write_dataset, write_palette_png
 from PIL import Image
 
-from fashionseg import ConfigError, DataError
-from fashionseg.callbacks import images
-from fashionseg.checkpoint import load_checkpoint
-from fashionseg.evaluate import checkpoint_datamodule, evaluate
+from fashionseg.core.errors import ConfigError, DataError
+from fashionseg.data import checkpoint_datamodule
+from fashionseg.evaluation.evaluate import evaluate
 from fashionseg.inference import Predictor
 from fashionseg.metrics import SplitMetrics
-from fashionseg.module import SegmentationModule
-from fashionseg.train import train
+from fashionseg.training.callbacks import images
+from fashionseg.training.module import SegmentationModule, load_checkpoint
+from fashionseg.training.train import train
 
 # Tiny encoders keep CPU smoke tests fast; the architectures and code paths are the real ones.
 SMALL = {"deeplabv3": ["model.net.encoder_name=resnet18"], "deeplabv3plus": [], "u2net": [], "u2netp": []}
@@ -74,7 +74,8 @@ def test_full_run_writes_results_and_eval_reproduces_them(train_cfg, tmp_path, d
 
     # The Predictor (predict.py, the demo, export checks) scores the same photos the same.
     predictor = Predictor.from_checkpoint(results["best_checkpoint"])
-    test_set = checkpoint_datamodule(load_checkpoint(results["best_checkpoint"]), str(data_root)).datasets["test"]
+    stored = load_checkpoint(results["best_checkpoint"]).hparams.config
+    test_set = checkpoint_datamodule(stored, str(data_root)).datasets["test"]
     photos, labels = zip(*test_set.arrays)
     metrics = SplitMetrics(predictor.class_names)
     for pred, true in zip(predictor(list(photos)), labels):
@@ -321,9 +322,9 @@ def test_loss_switch_trains_the_last_epochs_on_its_loss(train_cfg):
 def test_loss_switch_follows_the_epoch_and_refuses_what_it_cannot_switch():
     from types import SimpleNamespace
 
-    from fashionseg import ConfigError
-    from fashionseg.callbacks import LossSwitch
-    from fashionseg.losses import CrossEntropy, Dice, Lovasz
+    from fashionseg.core.errors import ConfigError
+    from fashionseg.training.callbacks import LossSwitch
+    from fashionseg.training.losses import CrossEntropy, Dice, Lovasz
 
     module = SimpleNamespace(loss=Dice())
     switch = LossSwitch(Lovasz(), last_epochs=2)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from fashionseg import ConfigError, DataError
+from fashionseg.core.errors import ConfigError, DataError
 from fashionseg.data.dataset import LabelMap, Sample, SegmentationDataset, load_all, scan_dataset
 from fashionseg.data.sampler import EpochShuffleSampler
 from fashionseg.data.split import split_indices
@@ -153,7 +153,7 @@ class FashionDataModule(L.LightningDataModule):
         return counts / counts.sum()
 
     def set_teacher_logits(self, stored) -> None:
-        """Hand each training photo a teacher's stored logits (``fashionseg.distill.StoredLogits``), which
+        """Hand each training photo a teacher's stored logits (``fashionseg.training.distill.StoredLogits``), which
         the training transform warps with it and batches carry as ``teacher``."""
         self.setup("fit")
         train = self.datasets["train"]

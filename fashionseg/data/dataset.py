@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from fashionseg import ConfigError, DataError
+from fashionseg.core.errors import ConfigError, DataError
 
 MAX_LISTED = 10
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fashionseg import ConfigError
+from fashionseg.core.errors import ConfigError
 from fashionseg.data.datamodule import FashionDataModule, collate
 from fashionseg.data.sampler import EpochShuffleSampler
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import random_split
 
-from fashionseg import ConfigError
+from fashionseg.core.errors import ConfigError
 
 
 def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[list[int]]:

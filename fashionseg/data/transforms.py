@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from fashionseg import ConfigError
+from fashionseg.core.errors import ConfigError
 
 
 def fit_transform(size: Sequence[int] | None, multiple: int, ignore_index: int | None = None) -> A.BasicTransform:

@@ -11,8 +11,8 @@ import torch
 from segmentation_models_pytorch.base import SegmentationModel
 from torch import nn
 
-from fashionseg import ConfigError
-from fashionseg.heads import total_classes
+from fashionseg.core.errors import ConfigError
+from fashionseg.core.heads import total_classes
 from fashionseg.models.base import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from fashionseg.models.pretrained import is_weights_file, load_encoder_weights, packaged_weights_path
 

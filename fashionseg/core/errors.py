@@ -1,0 +1,13 @@
+"""The errors this package raises for bad input or configuration: one clear message, no traceback."""
+
+
+class FashionsegError(Exception):
+    """Base class of the errors this package raises for bad input or configuration."""
+
+
+class DataError(FashionsegError, ValueError):
+    """A data file is missing, corrupt or inconsistent with the task."""
+
+
+class ConfigError(FashionsegError, ValueError):
+    """A configuration value is invalid."""

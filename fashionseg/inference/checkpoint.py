@@ -1,0 +1,122 @@
+"""Read a train.py checkpoint and rebuild its network from the config stored in it, without the training
+layer: evaluation, prediction, the demo, export, a distillation teacher and resume all read checkpoints here.
+
+A checkpoint stores the run's resolved config, whose ``_target_`` paths name the classes that built the run
+(``fashionseg.training.losses.CrossEntropy``). Checkpoints written before the package was split into
+layers name the old flat modules (``fashionseg.losses.CrossEntropy``); ``upgrade_config`` maps them to
+their new homes, in this one place, so that every old checkpoint still loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from fashionseg.core.errors import ConfigError
+from fashionseg.core.heads import Head, task_heads
+
+# Old ``_target_`` prefix -> new one; the longest matching prefix wins. The flat modules of fashionseg
+# <= 0.1 (before the layered packages) that a stored config can name.
+MOVED_TARGETS = {
+    "fashionseg.losses.": "fashionseg.training.losses.",
+    "fashionseg.module.": "fashionseg.training.module.",
+    "fashionseg.distill.": "fashionseg.training.distill.",
+    "fashionseg.checkpoint.AtomicCheckpointIO": "fashionseg.training.checkpoint_io.AtomicCheckpointIO",
+    "fashionseg.callbacks.RefinementReport": "fashionseg.evaluation.callbacks.RefinementReport",
+    "fashionseg.callbacks.refinements.": "fashionseg.evaluation.callbacks.",
+    "fashionseg.callbacks.": "fashionseg.training.callbacks.",
+    "fashionseg.export.OnnxRunner": "fashionseg.inference.onnx.OnnxRunner",
+    "fashionseg.export.OnnxNetwork": "fashionseg.inference.onnx.OnnxNetwork",
+    "fashionseg.export.": "fashionseg.serving.export.",
+    "fashionseg.postprocess.evaluate.": "fashionseg.evaluation.refinements.",
+    "fashionseg.heads.": "fashionseg.core.heads.",
+    "fashionseg.config.": "fashionseg.core.config.",
+    "fashionseg.io.": "fashionseg.core.io.",
+    "fashionseg.figures.": "fashionseg.metrics.figures.",
+    "fashionseg.train.": "fashionseg.training.train.",
+    "fashionseg.evaluate.": "fashionseg.evaluation.evaluate.",
+    "fashionseg.predict.": "fashionseg.serving.predict.",
+    "fashionseg.app.": "fashionseg.serving.app.",
+}
+
+
+def upgrade_target(target: str) -> str:
+    """A ``_target_`` path of an old checkpoint's config at its current home (unchanged if it did not move)."""
+    prefix = max((old for old in MOVED_TARGETS if target.startswith(old)), key=len, default=None)
+    return target if prefix is None else MOVED_TARGETS[prefix] + target[len(prefix):]
+
+
+def upgrade_config(node: Any) -> Any:
+    """A copy of a stored config (plain dicts and lists) with every moved ``_target_`` at its new home."""
+    if isinstance(node, Mapping):
+        return {k: upgrade_target(v) if k == "_target_" and isinstance(v, str) else upgrade_config(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [upgrade_config(v) for v in node]
+    return node
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """A train.py checkpoint as a dict, its stored config (``["hyper_parameters"]["config"]``) upgraded to
+    the current module paths. ``mmap``: map the tensors instead of reading them (to read the config alone).
+    Raises ``ConfigError`` naming the file when it is missing, unreadable or not written by train.py."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Checkpoint {path} does not exist. Give ckpt_path=<run dir>/checkpoints/<file>.ckpt.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as e:  # truncated, overwritten or not a checkpoint at all
+        raise ConfigError(f"Cannot read checkpoint {path} ({type(e).__name__}: {e}); it is truncated or not a "
+                          "checkpoint written by train.py.") from e
+    config = ckpt.get("hyper_parameters", {}).get("config") if isinstance(ckpt, dict) else None
+    if not config:
+        raise ConfigError(f"Checkpoint {path} holds no fashionseg config; it was not written by train.py.")
+    ckpt["hyper_parameters"]["config"] = upgrade_config(config)
+    return ckpt
+
+
+def build_network(config: Mapping, pretrained: bool = False) -> nn.Module:
+    """The network of a run config (``model.net``). ``pretrained=False`` builds the encoder without its
+    pretrained weights (a checkpoint holds all of them), so that loading never touches the network."""
+    net_cfg = OmegaConf.create(dict(config["model"]["net"]))
+    if not pretrained and "encoder_weights" in net_cfg:
+        net_cfg.encoder_weights = None
+    return hydra.utils.instantiate(net_cfg)
+
+
+@dataclass
+class TrainedNetwork:
+    """A trained network in eval mode and the run config it was trained with (task, classes, data)."""
+
+    net: nn.Module
+    config: dict
+    path: Path | None = None
+    heads: list[Head] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.heads = self.heads or task_heads(self.config["task"])
+
+
+def network_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The network's own weights in a LightningModule's state dict (its ``net.`` entries)."""
+    return {k.removeprefix("net."): v for k, v in state_dict.items() if k.startswith("net.")}
+
+
+def load_network(path: str | Path) -> TrainedNetwork:
+    """Rebuild the network of a train.py checkpoint from its stored config and load its weights."""
+    ckpt = read_checkpoint(path)
+    config = ckpt["hyper_parameters"]["config"]
+    net = build_network(config)
+    try:
+        net.load_state_dict(network_state(ckpt["state_dict"]), strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f"Checkpoint {path}: its weights do not fit the network its config describes "
+                          f"({str(e).splitlines()[0]}).") from e
+    return TrainedNetwork(net.eval(), config, Path(path))

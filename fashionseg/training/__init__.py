@@ -1,0 +1,1 @@
+"""Training: the LightningModule, losses, callbacks, distillation and the train entry (``train``)."""
