@@ -72,29 +72,31 @@ def test_import_cycles_are_found():
 def lint_imports(cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
     linter = Path(sys.executable).with_name("lint-imports")
-    return subprocess.run([str(linter), "--config", str(cwd / "pyproject.toml"), "--no-cache"], cwd=cwd, env=env,
+    return subprocess.run([str(linter), str(cwd / "pyproject.toml"), "--no-cache"], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("module,upward", [
-    ("core/io.py", "from fashionseg.serving import predict  # upward"),
-    ("inference/predictor.py", "from fashionseg.serving.export import export_onnx  # upward"),
+@pytest.mark.parametrize("module,upward,contract", [
+    ("core/io.py", "from fashionseg.serving import predict  # upward", "Layers, one way down"),
+    ("inference/predictor.py", "from fashionseg.serving.export import export_onnx  # upward", "Layers, one way down"),
+    ("postprocess/base.py", "from fashionseg.postprocess import cleanup  # a cycle: cleanup imports base",
+     "No import cycles among the modules of any package"),
 ])
-def test_an_upward_import_breaks_the_layers_contract(tmp_path, module, upward):
-    # The real contract on a copy of the package: kept as it is, broken by one upward import.
+def test_an_upward_import_or_a_cycle_breaks_a_contract(tmp_path, module, upward, contract):
+    # The real contracts on a copy of the package: kept as it is, broken by one upward or circular import.
     src = tmp_path / "src"
     shutil.copytree(ROOT / "fashionseg", src / "fashionseg", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     kept = lint_imports(tmp_path, src)
     assert kept.returncode == 0, kept.stdout + kept.stderr
-    assert "Layers, one way down KEPT" in kept.stdout
+    assert f"{contract} KEPT" in kept.stdout
     path = src / "fashionseg" / module
-    path.write_text(f"{upward}\n{path.read_text()}")
+    path.write_text(f"{path.read_text()}\n{upward}\n")  # valid Python: after the module's own imports
     broken = lint_imports(tmp_path, src)
     assert broken.returncode == 1, broken.stdout + broken.stderr
-    assert "Layers, one way down BROKEN" in broken.stdout
-    importer = "fashionseg." + module.removesuffix(".py").replace("/", ".")
-    assert importer in broken.stdout
+    assert f"{contract} BROKEN" in broken.stdout
+    package, name = module.removesuffix(".py").rsplit("/", 1)
+    assert f"fashionseg.{package}" in broken.stdout and f".{name}" in broken.stdout  # names the import
 
 
 def test_old_module_paths_map_to_their_new_homes():
@@ -163,3 +165,21 @@ def test_a_checkpoint_naming_the_old_module_paths_loads_and_scores_identically(p
 
     photo = (torch.arange(96 * 64 * 3) % 251).to(torch.uint8).reshape(96, 64, 3).numpy()
     assert (Predictor.from_checkpoint(old_ckpt)([photo])[0] == Predictor.from_checkpoint(person_ckpt)([photo])[0]).all()
+
+
+def test_a_run_whose_checkpoint_names_the_old_module_paths_resumes(train_cfg, tmp_path):
+    # A run killed under fashionseg 0.1.0 continues: its config (loss, callbacks, checkpoint IO) is rebuilt
+    # from the stored config at the new homes, and the trainer state carries over.
+    from fashionseg.training.train import train
+
+    run = tmp_path / "run"
+    train(train_cfg("trainer.max_epochs=1", "test=false", f"paths.output_dir={run}", model="u2netp"))
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt["hyper_parameters"]["config"] = old_paths(ckpt["hyper_parameters"]["config"])
+    assert "fashionseg.callbacks.RunCheckpoint" in json.dumps(ckpt["hyper_parameters"]["config"])
+    torch.save(ckpt, last)
+    _, results = train(train_cfg("ckpt_path=last", "trainer.max_epochs=2", "test=false", f"paths.output_dir={run}",
+                                 model="u2netp"))
+    assert results["epochs"] == 2 and results["images_seen"] == 20
+    assert results["config"]["loss"]["_target_"] == "fashionseg.training.losses.CrossEntropy"
