@@ -183,3 +183,23 @@ def test_a_run_whose_checkpoint_names_the_old_module_paths_resumes(train_cfg, tm
                                  model="u2netp"))
     assert results["epochs"] == 2 and results["images_seen"] == 20
     assert results["config"]["loss"]["_target_"] == "fashionseg.training.losses.CrossEntropy"
+
+
+def test_scripts_import_the_package_never_each_other_nor_through_sys_path():
+    import ast
+
+    scripts = sorted((ROOT / "scripts").glob("*.py"))
+    names = {p.stem for p in scripts}
+    for script in scripts:
+        tree = ast.parse(script.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                imported = [(node.module or "").split(".")[0]]
+            else:
+                imported = []
+            assert not set(imported) & names, f"{script.name} imports another script: {imported}"
+            if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", "") == "sys":
+                raise AssertionError(f"{script.name} edits or reads sys.path (line {node.lineno}): share code "
+                                     "through the package instead")
