@@ -10,7 +10,8 @@ their new homes, in this one place, so that every old checkpoint still loads.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +23,15 @@ from torch import nn
 from fashionseg.core.errors import ConfigError
 from fashionseg.core.heads import Head, task_heads
 
-# Old ``_target_`` prefix -> new one; the longest matching prefix wins. The flat modules of fashionseg
-# <= 0.1 (before the layered packages) that a stored config can name.
+# Old ``_target_`` prefix -> new one; the longest matching prefix wins. The classes of fashionseg 0.1.0's flat
+# modules that a stored config names (losses, callbacks, the checkpoint writer); data, models and
+# postprocess kept their paths.
 MOVED_TARGETS = {
     "fashionseg.losses.": "fashionseg.training.losses.",
-    "fashionseg.module.": "fashionseg.training.module.",
-    "fashionseg.distill.": "fashionseg.training.distill.",
     "fashionseg.checkpoint.AtomicCheckpointIO": "fashionseg.training.checkpoint_io.AtomicCheckpointIO",
     "fashionseg.callbacks.RefinementReport": "fashionseg.evaluation.callbacks.RefinementReport",
     "fashionseg.callbacks.refinements.": "fashionseg.evaluation.callbacks.",
     "fashionseg.callbacks.": "fashionseg.training.callbacks.",
-    "fashionseg.export.OnnxRunner": "fashionseg.inference.onnx.OnnxRunner",
-    "fashionseg.export.OnnxNetwork": "fashionseg.inference.onnx.OnnxNetwork",
-    "fashionseg.export.": "fashionseg.serving.export.",
-    "fashionseg.postprocess.evaluate.": "fashionseg.evaluation.refinements.",
-    "fashionseg.heads.": "fashionseg.core.heads.",
-    "fashionseg.config.": "fashionseg.core.config.",
-    "fashionseg.io.": "fashionseg.core.io.",
-    "fashionseg.figures.": "fashionseg.metrics.figures.",
-    "fashionseg.train.": "fashionseg.training.train.",
-    "fashionseg.evaluate.": "fashionseg.evaluation.evaluate.",
-    "fashionseg.predict.": "fashionseg.serving.predict.",
-    "fashionseg.app.": "fashionseg.serving.app.",
 }
 
 
@@ -97,11 +85,11 @@ class TrainedNetwork:
 
     net: nn.Module
     config: dict
-    path: Path | None = None
-    heads: list[Head] = field(default_factory=list)
 
-    def __post_init__(self):
-        self.heads = self.heads or task_heads(self.config["task"])
+    @cached_property
+    def heads(self) -> list[Head]:
+        """The network's heads, from the stored task config."""
+        return task_heads(self.config["task"])
 
 
 def network_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -119,4 +107,4 @@ def load_network(path: str | Path) -> TrainedNetwork:
     except RuntimeError as e:
         raise ConfigError(f"Checkpoint {path}: its weights do not fit the network its config describes "
                           f"({str(e).splitlines()[0]}).") from e
-    return TrainedNetwork(net.eval(), config, Path(path))
+    return TrainedNetwork(net.eval(), config)

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from fashionseg.core.errors import ConfigError
-from fashionseg.core.heads import all_class_names, task_heads
+from fashionseg.core.heads import all_class_names
 from fashionseg.core.io import list_photos, read_photo
 from fashionseg.data import checkpoint_datamodule, primary_data_config
 from fashionseg.inference.checkpoint import load_network
@@ -155,7 +155,7 @@ def export(cfg) -> dict:
     if not photos:
         raise ConfigError(f"No photos to check the export on in {cfg.check_photos}; set check_photos=<folder>.")
     images = [read_photo(p) for p in photos]
-    heads = task_heads(train_cfg.task)
+    heads = trained.heads
     kwargs = dict(class_names=all_class_names(heads), image_size=data.image_size,
                   size_multiple=data.get("size_multiple", 32), heads=heads)
     runners = {"onnxruntime": OnnxRunner(out)}

@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics import MaxMetric
 
 from fashionseg.core.heads import Head, head_targets, heads_from_names
-from fashionseg.inference.checkpoint import read_checkpoint
+from fashionseg.inference.checkpoint import build_network, read_checkpoint
 from fashionseg.inference.logits import check_scales, crop_and_resize, network_logits
 from fashionseg.metrics import SplitMetrics, labels_from_scores
 from fashionseg.training.distill import Distiller
@@ -97,7 +97,7 @@ class SegmentationModule(L.LightningModule):
         config["loss"] = OmegaConf.to_container(loss_cfg, resolve=True)
         heads = cfg.task.get("heads")
         kwargs = dict(
-            net=hydra.utils.instantiate(cfg.model.net),
+            net=build_network(cfg, pretrained),
             loss=hydra.utils.instantiate(loss_cfg),
             optimizer=hydra.utils.instantiate(cfg.optimizer),
             scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
