@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -19,21 +20,50 @@ from omegaconf import DictConfig
 
 from fashionseg import __version__
 from fashionseg.core.config import check_writable
-from fashionseg.core.errors import ConfigError, FashionsegError
+from fashionseg.core.errors import ConfigError, FashionsegError, Interrupted
 
 log = logging.getLogger("fashionseg")
 
 
 class RunDirectoryCheck(Callback):
-    """Hydra callback (conf/hydra/default.yaml): fail with the project's message, not Hydra's
-    ``PermissionError`` or ``Unable to configure handler 'file'``, when the run or sweep directory
-    cannot be created or written. Runs before Hydra creates the directory and its log file."""
+    """Hydra callback (conf/hydra/default.yaml) for the run and sweep directories.
+
+    - Fail with the project's message, not Hydra's ``PermissionError`` or ``Unable to configure handler
+      'file'``, when the directory cannot be created or written. Runs before Hydra creates it.
+    - A relaunch into a folder that already holds a run: Hydra rewrites the job's ``.hydra/`` files
+      before the job starts. They are read first and put back, so the folder keeps the record of the
+      run it holds, and the job (``fashionseg.training.rundir``) compares that run's overrides with
+      this launch's to skip, resume or refuse it.
+    """
+
+    def __init__(self) -> None:
+        self.previous: dict[str, dict[str, bytes]] = {}  # job folder -> its .hydra files before this launch
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.run.dir)
+        self._remember([Path(config.hydra.run.dir)], config.hydra.output_subdir, config.hydra.job.name)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.sweep.dir)
+        sweep = Path(config.hydra.sweep.dir)
+        self._remember([p for p in sweep.iterdir() if p.is_dir()] if sweep.is_dir() else [],
+                       config.hydra.output_subdir, config.hydra.job.name)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        files = self.previous.get(str(Path(config.hydra.runtime.output_dir).resolve()))
+        if files and config.hydra.output_subdir is not None:
+            folder = Path(config.hydra.runtime.output_dir) / config.hydra.output_subdir
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+
+    def _remember(self, folders: list[Path], subdir: str | None, job: str) -> None:
+        """The .hydra files of every folder that holds a training run (a results.json or checkpoints)."""
+        if subdir is None or job != "train":
+            return
+        for folder in folders:
+            record = folder / subdir
+            if record.is_dir() and ((folder / "results.json").is_file() or any(folder.glob("checkpoints/*.ckpt"))):
+                self.previous[str(folder.resolve())] = {p.name: p.read_bytes() for p in record.glob("*.yaml")}
 
     @staticmethod
     def _check(directory: str) -> None:
@@ -46,9 +76,13 @@ class RunDirectoryCheck(Callback):
 def run(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run an entry point's job. A ``FashionsegError`` is logged once, as one line (console and the job's
     log, where scripts/summarize_runs.py finds it): a single run then exits with status 1 and no
-    traceback; a job of a sweep fails and the sweep goes on. Other errors keep their traceback."""
+    traceback; a job of a sweep fails and the sweep goes on. ``Interrupted`` (SIGTERM) ends the process
+    with status 143, sweep or not. Other errors keep their traceback."""
     try:
         return job(cfg)
+    except Interrupted as e:  # a signal asked the process to stop: a sweep stops too, and the job counts as failed
+        log.error("Job failed: %s: %s", type(e).__name__, e)
+        raise SystemExit(e.exit_status) from None
     except FashionsegError as e:
         log.error("Job failed: %s: %s", type(e).__name__, e)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -14,6 +14,10 @@ default person model written to a temporary folder: the same network, so the sam
   not_image    a text file named .jpg                                expect 400
   no_file      a form without the file field                         expect 400
 
+Before the load, it measures latency with --refinement (default crf), one request at a time: the first
+request after the server is up (cold), then --warm-requests more of the same photo (warm: their median),
+then photos of new sizes (1x1, 300x200, 900x600), which must not wait for a new compile.
+
 It samples the server's resident memory every 20 ms and reads its peak (VmHWM) at the end, checks
 that every request got its expected status, that the peak stays under --max-rss-mb and that the
 server still answers a good photo afterwards. Prints a table, writes JSON (--out), and exits 1 if
@@ -134,7 +138,7 @@ def stream_oversize(port: int, chunked: bool, total: int = 200 * 2**20) -> tuple
     return status, sent, answer.partition(b"\r\n\r\n")[2].decode(errors="replace")
 
 
-def send(kind: str, port: int, photos: dict[str, bytes]) -> dict:
+def send(kind: str, port: int, photos: dict[str, bytes], refinement: str = "none") -> dict:
     start = time.perf_counter()
     sent = None
     url = f"http://{HOST}:{port}/api/segment"
@@ -146,7 +150,8 @@ def send(kind: str, port: int, photos: dict[str, bytes]) -> dict:
             status, text = r.status_code, r.text
         else:
             content = b"just some text, not a photo" if kind == "not_image" else photos[kind]
-            r = client.post(url, files={"file": (f"{kind}.jpg", content, "image/jpeg")}, data={"task": "person"})
+            r = client.post(url, files={"file": (f"{kind}.jpg", content, "image/jpeg")},
+                            data={"task": "person", "refinement": refinement})
             status, text = r.status_code, r.text
     error = None
     if status != 200:
@@ -154,7 +159,7 @@ def send(kind: str, port: int, photos: dict[str, bytes]) -> dict:
             error = json.loads(text).get("error")
         except ValueError:
             error = f"not JSON: {text[:80]!r}"
-    return {"kind": kind, "status": status, "ok": status == EXPECTED[kind] and (status == 200 or bool(error)),
+    return {"kind": kind, "status": status, "ok": status == EXPECTED.get(kind, 200) and (status == 200 or bool(error)),
             "ms": 1000 * (time.perf_counter() - start), "bytes_sent_before_answer": sent, "error": error}
 
 
@@ -164,10 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--ckpt", help="person checkpoint to serve (default: an untrained default model)")
     parser.add_argument("--max-rss-mb", type=float, default=2500, help="ceiling for the server's peak RSS")
+    parser.add_argument("--refinement", default="crf", help="refinement of the latency phase (demo menu name)")
+    parser.add_argument("--warm-requests", type=int, default=5)
     parser.add_argument("--out", default="outputs/benchmarks/load_test_demo.json")
     args = parser.parse_args(argv)
 
-    photos = {"good": jpeg(600, 400), "good_24mp": jpeg(6000, 4000, 1), "pixels_36mp": jpeg(6000, 6000, 2)}
+    photos = {"good": jpeg(600, 400), "good_24mp": jpeg(6000, 4000, 1), "pixels_36mp": jpeg(6000, 6000, 2),
+              "size_1x1": jpeg(1, 1, 3), "size_300x200": jpeg(300, 200, 4), "size_900x600": jpeg(900, 600, 5)}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or str(untrained_checkpoint(Path(tmp) / "person.ckpt"))
         port = free_port()
@@ -175,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                                    f"port={port}", "max_upload_mb=10", "max_pixels=25000000"],
                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            deadline = time.time() + 120
+            launched = time.perf_counter()
+            deadline = time.time() + 600
             while time.time() < deadline:
                 try:
                     httpx.get(f"http://{HOST}:{port}/api/config", timeout=2)
@@ -184,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                     if server.poll() is not None:
                         sys.exit(f"The demo did not start:\n{server.stdout.read()[-3000:]}")
                     time.sleep(0.2)
+            startup_s = time.perf_counter() - launched
+            cold = send("good", port, photos, args.refinement)
+            warm = [send("good", port, photos, args.refinement) for _ in range(args.warm_requests)]
+            sizes = [send(k, port, photos, args.refinement) for k in ("size_1x1", "size_300x200", "size_900x600")]
             sampler = MemorySampler(server.pid)
             idle_mb = sampler.read("VmRSS")
             sampler.start()
@@ -210,13 +223,23 @@ def main(argv: list[str] | None = None) -> int:
                      "max_mb_sent_before_answer": round(max(sent) / 2**20, 2) if sent else None,
                      "example_error": next((r["error"] for r in rs if r["error"]), None)})
     peak_mb = max(sampler.peak_mb, hwm_mb)
-    checks = {"every request got its expected status": all(r["ok"] for r in results),
-              f"peak RSS {peak_mb:.0f} MB <= {args.max_rss_mb:.0f} MB": peak_mb <= args.max_rss_mb,
-              "serves a good photo afterwards": after["status"] == 200}
+    warm_ms = statistics.median(r["ms"] for r in warm)
+    latency = {"refinement": args.refinement, "startup_s": round(startup_s, 1), "cold_ms": round(cold["ms"], 1),
+               "warm_median_ms": round(warm_ms, 1), "cold_over_warm": round(cold["ms"] / warm_ms, 2),
+               "new_sizes_ms": {r["kind"]: round(r["ms"], 1) for r in sizes},
+               "statuses": sorted({r["status"] for r in [cold, *warm, *sizes]})}
+    checks = {
+        f"first {args.refinement} request {cold['ms']:.0f} ms <= 2x a warm one ({warm_ms:.0f} ms)":
+            cold["ms"] <= 2 * warm_ms,
+        "every latency request answered 200": latency["statuses"] == [200],
+        "every request got its expected status": all(r["ok"] for r in results),
+        f"peak RSS {peak_mb:.0f} MB <= {args.max_rss_mb:.0f} MB": peak_mb <= args.max_rss_mb,
+        "serves a good photo afterwards": after["status"] == 200,
+    }
     report = {"requests": args.requests, "concurrency": args.concurrency, "seconds": round(seconds, 1),
               "checkpoint": args.ckpt or "untrained default person model (DeepLabv3+ EfficientNet-Lite0)",
               "idle_rss_mb": round(idle_mb), "peak_rss_mb": round(peak_mb), "max_rss_mb": args.max_rss_mb,
-              "rows": rows, "checks": checks}
+              "latency": latency, "rows": rows, "checks": checks}
 
     header = ["kind", "requests", "expected", "statuses", "as expected", "median ms", "max ms", "MB sent before answer"]
     table = [header] + [[r["kind"], str(r["requests"]), str(r["expected"]), ",".join(map(str, r["statuses"])),
@@ -226,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     widths = [max(len(row[c]) for row in table) for c in range(len(header))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in table]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print(f"Latency with refinement={args.refinement}, one request at a time (server up after {startup_s:.1f} s): "
+          f"first {cold['ms']:.0f} ms, warm median {warm_ms:.0f} ms (ratio {latency['cold_over_warm']}); new sizes: "
+          + ", ".join(f"{k.removeprefix('size_')} {v:.0f} ms" for k, v in latency["new_sizes_ms"].items()))
     print(f"{args.requests} requests, concurrency {args.concurrency}, {seconds:.1f} s; server RSS idle "
           f"{idle_mb:.0f} MB, peak {peak_mb:.0f} MB")
     print("\n".join(lines))

@@ -233,3 +233,29 @@ def test_browser_upload_shows_overlay_and_error(page, tmp_path):
     page.click("#run")
     page.wait_for_function("document.querySelector('#error').textContent === ''", timeout=30_000)
     page.wait_for_function("document.querySelector('#status').textContent === 'Done.'", timeout=60_000)
+
+
+def test_the_crf_is_compiled_at_start_up_for_each_class_count_served(person_ckpt, fashion_ckpt, monkeypatch):
+    from fashionseg.postprocess.crf import DenseCRF
+
+    warmed = []
+    monkeypatch.setattr(DenseCRF, "run_once", lambda self, h, w, k: warmed.append((h, w, k)))
+    create_app({"person": str(person_ckpt), "fashion": str(fashion_ckpt)})
+    assert sorted(warmed) == [(600, 400, 2), (600, 400, 7)]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 37), (5, 3)])
+def test_tiny_photos_reach_the_crf_padded_so_they_reuse_its_compiled_code(size):
+    from fashionseg.postprocess.crf import DenseCRF
+
+    crf, seen = DenseCRF(compile=False), []
+    real = crf.torch_crf()
+    mean_field = real.mean_field
+    real.mean_field = lambda images, probs, **kw: seen.append(tuple(images.shape[1:3])) or mean_field(images, probs,
+                                                                                                      **kw)
+    probs = np.zeros((2, *size), np.float32)
+    probs[1] = 1.0
+    out = crf(np.zeros((*size, 3), np.uint8), probs)  # the demo's call
+    batch = crf.refine_batch(np.zeros((2, *size, 3), np.uint8), np.stack([probs, probs]))  # eval.py's
+    assert out.shape == size and (out == 1).all() and batch.shape == (2, *size) and (batch == 1).all()
+    assert len(seen) == 2 and all(min(shape) >= 16 for shape in seen)

@@ -99,7 +99,7 @@ def test_missing_image(copy_root):
 
 def test_corrupt_image(copy_root):
     (copy_root / "images" / "0005.jpg").write_bytes(b"not a jpeg at all")
-    with pytest.raises(DataError, match=r"Cannot read image .*0005.jpg"):
+    with pytest.raises(DataError, match=r"Cannot read .*0005.jpg as an image"):
         datamodule(copy_root).setup()
 
 
@@ -214,3 +214,71 @@ def test_importing_the_data_pipeline_makes_no_network_request():
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", f"network requests at import: {done.stdout.strip()}"
+
+
+# Photos read upright (EXIF), 0/255 masks, hidden files: a test each, failing before the fixes of issue 41.
+
+def save_with_orientation(path, upright: np.ndarray, orientation: int) -> None:
+    """Store ``upright`` as a camera would: pixels turned, with the EXIF tag that turns them back."""
+    stored = {3: lambda a: np.rot90(a, 2), 6: lambda a: np.rot90(a, 1), 8: lambda a: np.rot90(a, -1)}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(stored(upright))).save(path, quality=95, exif=exif)
+
+
+def test_training_photos_are_read_upright_as_their_exif_orientation_says(copy_root, data_root):
+    path = copy_root / "images" / "0003.jpg"
+    upright = np.array(Image.open(path))
+    save_with_orientation(path, upright, 3)
+    dm = datamodule(copy_root)
+    dm.setup("fit")
+    image, label = dm.datasets["all"].arrays[dm.datasets["all"].ids.index("0003")]
+    # JPEG re-encoding changes pixels a little; upside down, they would differ by the whole picture.
+    assert np.abs(image.astype(int) - upright.astype(int)).mean() < 3
+    assert label.shape == image.shape[:2]
+
+
+def test_a_label_that_matches_only_the_unrotated_photo_names_exif(copy_root):
+    path = copy_root / "images" / "0004.jpg"
+    upright = np.array(Image.open(path))[:, :48]  # 96x48: not square, so a quarter turn shows
+    save_with_orientation(path, upright, 6)
+    write_palette_png(copy_root / "labels" / "0004_clothes.png", np.zeros((48, 96), np.uint8))  # the stored size
+    with pytest.raises(DataError, match=r"0004.jpg is 48x96 \(WxH\) as displayed, after its EXIF Orientation=6"):
+        datamodule(copy_root).setup()
+
+
+def as_0_255_masks(root, suffix="person"):
+    for path in sorted((root / "labels").glob(f"*_{suffix}.png")):
+        mask = np.array(Image.open(path))
+        Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8), "L").save(path)
+
+
+def test_0_255_person_masks_are_an_error_that_says_how_255_is_read(copy_root):
+    as_0_255_masks(copy_root)
+    with pytest.raises(DataError, match=r"label maps hold only 0 and 255.*0001_person.png.*ignore label.*"
+                                        r"data.label_map={0:0,255:1}"):
+        datamodule(copy_root, label="person", k=2).setup()
+    dm = datamodule(copy_root, label="person", k=2, label_map={0: 0, 255: 1})
+    dm.setup()
+    assert all(set(np.unique(label)) == {0, 1} for _, label in dm.datasets["all"].arrays)
+
+
+def test_one_label_map_with_mostly_ignored_pixels_is_named_in_a_warning(copy_root, caplog):
+    path = copy_root / "labels" / "0002_clothes.png"
+    label = np.array(Image.open(path))
+    label[: label.shape[0] // 2] = 255
+    write_palette_png(path, label)
+    datamodule(copy_root).setup()
+    assert "0002_clothes.png" in caplog.text and "ignored (255) pixels" in caplog.text
+
+
+def test_hidden_files_beside_the_photos_are_not_samples(copy_root, tmp_path):
+    (copy_root / "images" / "._0001.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (copy_root / "images" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (copy_root / "labels" / "._0001_clothes.png").write_bytes(b"\x00\x05\x16\x07")
+    dm = datamodule(copy_root)
+    dm.setup()
+    assert len(dm.datasets["all"]) == 20
+    from fashionseg.core.io import list_photos
+
+    assert [p.name for p in list_photos(copy_root / "images")][:1] == ["0001.jpg"]

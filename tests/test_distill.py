@@ -183,7 +183,8 @@ def test_train_distils_stored_teacher_logits_without_running_the_teacher(train_c
     distill = [float(r["train/distill"]) for r in rows if r.get("train/distill")]
     assert distill and distill[0] > 0
 
-    # A damaged file is named, with how to mend it.
+    # A damaged file is named, with how to mend it (in a new run folder: the finished one would be skipped).
+    cfg = train_cfg("task=person", "distill=kd", f"distill.logits={folder}", f"paths.output_dir={tmp_path / 'again'}")
     damaged = folder / "logits" / "1.npy"
     saved = damaged.read_bytes()
     damaged.write_bytes(saved[:100])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +197,76 @@ def test_multi_scale_tta_averages_the_logits_of_each_scale_and_mirror_image():
 def test_bad_tta_scales_are_refused_before_anything_runs(person_ckpt, scales):
     with pytest.raises(ConfigError, match=r"tta_scales=.*positive factors"):
         Predictor.from_checkpoint(person_ckpt, tta_scales=scales)
+
+
+def photo_folder(folder, n: int, h: int = 64, w: int = 48):
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"p{i:02d}.jpg")
+    return folder
+
+
+def decodes(path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except OSError:
+        return False
+
+
+def test_a_write_cut_short_leaves_no_truncated_output(person_ckpt, tmp_path, monkeypatch):
+    photos, out = photo_folder(tmp_path / "photos", 2), tmp_path / "out"
+    real_save, saves = Image.Image.save, []
+
+    def killed_while_writing(self, fp, format=None, **params):
+        saves.append(fp)
+        if len(saves) == 4:  # the second photo's label: half a PNG, then the process dies
+            buffer = __import__("io").BytesIO()
+            real_save(self, buffer, format="PNG")
+            data = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+            if hasattr(fp, "write"):
+                fp.write(data)
+            else:
+                open(fp, "wb").write(data)
+            raise KeyboardInterrupt
+        return real_save(self, fp, format, **params)
+
+    monkeypatch.setattr(Image.Image, "save", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        predict(predict_cfg(person_ckpt, photos, out, "batch_size=1"))
+    files = sorted(out.iterdir())
+    assert [p.name for p in files] == ["p00_cutout.png", "p00_label.png", "p00_overlay.png"]
+    assert all(decodes(p) for p in files)
+
+
+def test_skip_existing_redoes_only_the_missing_outputs(person_ckpt, tmp_path, caplog):
+    photos, out = photo_folder(tmp_path / "photos", 3), tmp_path / "out"
+    predict(predict_cfg(person_ckpt, photos, out))
+    (out / "p01_overlay.png").unlink()
+    (out / ".p02_label.png.x1y2.tmp").write_bytes(b"\x89PNG")  # what a killed write leaves
+    kept = (out / "p00_label.png").stat().st_mtime_ns
+    caplog.set_level(logging.INFO)
+    result = predict(predict_cfg(person_ckpt, photos, out, "skip_existing=true"))
+    assert result["skipped"] == [str(photos / "p00.jpg"), str(photos / "p02.jpg")]
+    assert [[Path(p).name for p in w] for w in result["written"]] == [
+        ["p01_label.png", "p01_overlay.png", "p01_cutout.png"]]
+    assert (out / "p00_label.png").stat().st_mtime_ns == kept and decodes(out / "p01_overlay.png")
+    assert not list(out.glob(".*.tmp")) and "already have every output" in caplog.text
+
+
+@pytest.mark.slow
+def test_predict_killed_while_writing_leaves_only_whole_pictures(person_ckpt, tmp_path):
+    photos, out = photo_folder(tmp_path / "photos", 12, 600, 400), tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "predict.py", f"ckpt_path={person_ckpt}", f"input={photos}",
+                             f"output={out}", "batch_size=1", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out.is_dir() and any(out.iterdir())) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    pictures = [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert pictures or list(out.iterdir()), "killed before writing"
+    assert all(decodes(p) for p in pictures)

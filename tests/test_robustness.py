@@ -209,7 +209,7 @@ def test_a_data_error_is_printed_once_without_traceback(data_root, tmp_path):
 
 
 def test_resume_without_checkpoint_says_how(train_cfg):
-    with pytest.raises(ConfigError, match=r"ckpt_path=last, but .*last.ckpt does not exist.*hydra.run.dir"):
+    with pytest.raises(ConfigError, match=r"ckpt_path=last, but .*checkpoints holds no checkpoint.*hydra.run.dir"):
         train(train_cfg("ckpt_path=last"))
 
 

@@ -11,3 +11,9 @@ class DataError(FashionsegError, ValueError):
 
 class ConfigError(FashionsegError, ValueError):
     """A configuration value is invalid."""
+
+
+class Interrupted(FashionsegError):
+    """A run stopped by a signal (SIGTERM) after saving what it needs to resume; its process exits with 143."""
+
+    exit_status = 143  # 128 + SIGTERM, as a shell reports a process the signal ended

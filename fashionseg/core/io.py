@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +18,7 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 FORMATS = "JPEG, PNG, BMP, TIFF, WebP or GIF"
 EMPTY = "{name} is empty (0 bytes); give a JPEG or PNG photo."
 VOID_COLOUR = (224, 224, 224)  # label values beyond the classes (the ignore label) in overlays
+ORIENTATION = 0x0112  # the EXIF tag
 BOUNDARY_COLOUR = (255, 255, 0)  # class boundaries drawn on overlays: yellow shows on skin, cloth and sky
 
 
@@ -63,6 +66,15 @@ def read_photo(source: str | Path | bytes, name: str | None = None, max_pixels: 
         raise DataError(f"Cannot read {name} as an image ({e}); give a {FORMATS} photo.") from e
 
 
+def exif_orientation(path: str | Path) -> int | None:
+    """The EXIF Orientation tag of a photo file (1: upright; 3: 180 degrees; 6 and 8: quarter turns), or None."""
+    try:
+        with Image.open(path) as im:
+            return im.getexif().get(ORIENTATION)
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
 def to_rgb(im: Image.Image) -> np.ndarray:
     """Any PIL mode to RGB uint8: alpha composited on white, 16/32-bit scaled to 8 bits."""
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
@@ -80,15 +92,40 @@ def to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def list_photos(path: str | Path) -> list[Path]:
-    """A photo file, or the photos in a folder (sorted, by suffix, not recursive)."""
+    """A photo file, or the photos in a folder (sorted, by suffix, not recursive). Hidden files (``._0001.jpg``,
+    which macOS writes beside every photo on a foreign disk) are not photos."""
     path = Path(path)
     if path.is_file() or path.is_symlink():
         return [path]
     if path.is_dir():
         # Broken links are listed too, so that they are reported rather than skipped in silence.
-        return sorted(p for p in path.iterdir()
-                      if p.suffix.lower() in PHOTO_SUFFIXES and (p.is_file() or p.is_symlink()))
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES
+                      and not p.name.startswith(".") and (p.is_file() or p.is_symlink()))
     raise DataError(f"Input {path} does not exist; give a photo or a folder of photos.")
+
+
+def save_atomic(im: Image.Image, path: str | Path, **options) -> Path:
+    """Save a picture under ``path`` all at once: written to a hidden temporary file in the same folder, then
+    renamed over ``path``. A kill at any moment leaves the old file or the new one, never a truncated one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            im.save(f, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), **options)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of ``save_atomic`` that a killed process left in ``folder``."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def label_image(label: np.ndarray, palette: np.ndarray) -> Image.Image:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,9 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from fashionseg.core.errors import ConfigError, DataError
+from fashionseg.core.io import exif_orientation, read_photo
+
+log = logging.getLogger(__name__)
 
 MAX_LISTED = 10
 
@@ -65,20 +69,19 @@ def scan_dataset(root: str | Path, images: str = "images/{id}.jpg", labels: str 
 
 
 def _ids(root: Path, pattern: str) -> list[str]:
-    """The sorted ids of the files under ``root`` that match ``pattern`` (with ``{id}``)."""
+    """The sorted ids of the files under ``root`` that match ``pattern`` (with ``{id}``). Hidden files (a name
+    starting with a dot: macOS's ``._0001.jpg`` and ``.DS_Store``, editors' temporaries) are not samples."""
     head, tail = pattern.split("{id}")
     regex = re.compile(re.escape(head) + "(.+)" + re.escape(tail) + "$")
-    matches = (regex.match(p.relative_to(root).as_posix()) for p in root.glob(pattern.replace("{id}", "*")))
+    matches = (regex.match(p.relative_to(root).as_posix()) for p in root.glob(pattern.replace("{id}", "*"))
+               if not p.name.startswith("."))
     return sorted(m.group(1) for m in matches if m)
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode a photo to an RGB uint8 array (H, W, 3), whatever its mode."""
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"Cannot read image {path}: {e}. Replace or delete the file.") from e
+    """Decode a photo to an RGB uint8 array (H, W, 3), whatever its mode, upright as its EXIF orientation says:
+    the one rule of predict.py, the demo, training and evaluation (``fashionseg.core.io.read_photo``)."""
+    return read_photo(path)
 
 
 def read_label(path: Path, num_classes: int, ignore_index: int | None = None,
@@ -116,8 +119,19 @@ def load_sample(sample: Sample, num_classes: int, ignore_index: int | None = Non
     image = read_image(sample.image)
     label = read_label(sample.label, num_classes, ignore_index, label_map)
     if image.shape[:2] != label.shape:
+        size = f"{image.shape[1]}x{image.shape[0]} (WxH)"
+        orientation = exif_orientation(sample.image)
+        if orientation not in (None, 1):
+            stored = f"{image.shape[0]}x{image.shape[1]}" if orientation >= 5 else size.split(" ")[0]
+            raise DataError(
+                f"Image {sample.image} is {size} as displayed, after its EXIF Orientation={orientation} is applied "
+                f"(stored as {stored}), but its label {sample.label} is {label.shape[1]}x{label.shape[0]}. Photos "
+                "are read upright, as every viewer, predict.py and the demo show them; a label map must match the "
+                "photo as displayed. Rotate the label the same way, or save the photo upright without the EXIF tag "
+                "(PIL: ImageOps.exif_transpose)."
+            )
         raise DataError(
-            f"Image {sample.image} is {image.shape[1]}x{image.shape[0]} (WxH) but its label {sample.label} is "
+            f"Image {sample.image} is {size} but its label {sample.label} is "
             f"{label.shape[1]}x{label.shape[0]}; a label map must have exactly its image's size."
         )
     return image, label
@@ -134,7 +148,38 @@ def load_all(samples: Sequence[Sample], num_classes: int, ignore_index: int | No
             problems.append(str(e))
     if problems:
         raise DataError(f"{len(problems)} bad sample(s): " + " | ".join(problems[:MAX_LISTED]))
+    if ignore_index is not None and decoded:
+        check_void([s.label for s in samples], [label for _, label in decoded], ignore_index)
     return decoded
+
+
+def check_void(paths: Sequence[Path], labels: Sequence[np.ndarray], ignore_index: int) -> None:
+    """Catch label maps whose ``ignore_index`` (255) pixels are meant as a class: a 0/255 mask.
+
+    A 0/255 mask (the common way to save a binary mask) holds only background and 255. Read as class
+    indices, 255 is the ignore label: its pixels are neither trained nor scored, and the foreground
+    class never appears, so a run "works" and scores 0 on it. A map with only 0 and ``ignore_index``
+    is reported by name; so is one whose share of ignored pixels is far above the set's usual. When
+    most of the set looks like that, it is an error; otherwise a warning.
+    """
+    shares = np.array([float((label == ignore_index).mean()) for label in labels])
+    only_void = [str(p) for p, label, share in zip(paths, labels, shares)
+                 if share > 0 and not np.isin(label, (0, ignore_index), invert=True).any()]
+    usual = float(np.median(shares))
+    heavy = [f"{p} ({100 * share:.0f}%)" for p, share in zip(paths, shares)
+             if share > max(0.25, 4 * usual) and str(p) not in only_void]
+    how = (f"Label value {ignore_index} is the ignore label (task.ignore_index): its pixels are neither trained nor "
+           f"scored. If {ignore_index} marks a class in these files (a 0/{ignore_index} mask), translate it with "
+           f"data.label_map, e.g. 'data.label_map={{0:0,{ignore_index}:1}}'.")
+    if only_void and len(only_void) > len(labels) / 2:
+        raise DataError(f"{len(only_void)} of {len(labels)} label maps hold only 0 and {ignore_index}, no other class: "
+                        f"{_listing(only_void)}. {how}")
+    if only_void:
+        log.warning("%d label map(s) hold only 0 and %d, no other class: %s. %s", len(only_void), ignore_index,
+                    _listing(only_void), how)
+    if heavy:
+        log.warning("%d label map(s) have far more ignored (%d) pixels than the set's usual %.1f%%: %s. %s",
+                    len(heavy), ignore_index, 100 * usual, _listing(heavy), how)
 
 
 class LabelMap:

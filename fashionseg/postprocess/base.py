@@ -46,6 +46,17 @@ class Refinement:
     def refine(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def warm_up(self, height: int, width: int, num_classes: int) -> None:
+        """Do the one-off work of a first call (a compile) now, on a photo of this size with this many classes:
+        a server calls it at start-up so that its first request waits no longer than the others. Nothing to do
+        here; a refinement with such a cost (the compiled CRF) calls ``run_once``."""
+
+    def run_once(self, height: int, width: int, num_classes: int) -> None:
+        """Refine one random photo of this size and class count."""
+        rng = np.random.default_rng(0)
+        probs = rng.random((num_classes, height, width), dtype=np.float32)
+        self(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), probs / probs.sum(0))
+
 
 class Identity(Refinement):
     """No refinement: the arg-max of the probabilities."""

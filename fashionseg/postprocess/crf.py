@@ -10,6 +10,19 @@ import torch
 
 from fashionseg.postprocess.base import Refinement, check_batch
 
+# Photos smaller than this on a side are padded (edges repeated) for the torch backend, then cropped back:
+# torch.compile specialises on sides of 1, so a 1x1 or 1xN photo would otherwise compile anew (seconds).
+MIN_SIDE = 16
+
+
+def pad_to_min_side(images: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """images (B, H, W, 3), probs (B, K, H, W) padded at the bottom and right to at least MIN_SIDE a side."""
+    ph, pw = max(0, MIN_SIDE - images.shape[1]), max(0, MIN_SIDE - images.shape[2])
+    if not (ph or pw):
+        return images, probs
+    return (np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge"),
+            np.pad(probs, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge"))
+
 
 class DenseCRF(Refinement):
     """Mean-field inference with a Gaussian smoothness kernel and a bilateral appearance kernel, Potts compatibility.
@@ -58,15 +71,18 @@ class DenseCRF(Refinement):
         check_batch(images, probs)
         if self.backend == "pydensecrf2":
             return np.stack([self.marginals(i, p).argmax(0) for i, p in zip(images, probs)]).astype(np.uint8)
+        h, w = images.shape[1:3]
+        images, probs = pad_to_min_side(images, probs)
         probs = torch.as_tensor(probs, dtype=torch.float32)
-        return self.torch_crf().labels(torch.as_tensor(images), probs).cpu().numpy()
+        return self.torch_crf().labels(torch.as_tensor(images), probs).cpu().numpy()[:, :h, :w]
 
     def marginals(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """The CRF's approximate marginals Q, (K, H, W) float32."""
         if self.backend == "torch":
-            probs = torch.as_tensor(probs, dtype=torch.float32)[None]
-            q = self.torch_crf().marginals(torch.as_tensor(image)[None], probs)
-            return q[0].cpu().numpy()
+            h, w = image.shape[:2]
+            images, probs = pad_to_min_side(image[None], probs[None])
+            q = self.torch_crf().marginals(torch.as_tensor(images), torch.as_tensor(probs, dtype=torch.float32))
+            return q[0, :, :h, :w].cpu().numpy()
         try:
             import pydensecrf.densecrf as dcrf
             from pydensecrf.utils import unary_from_softmax
@@ -84,3 +100,7 @@ class DenseCRF(Refinement):
 
     def refine(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
         return self.marginals(image, probs).argmax(0)
+
+    def warm_up(self, height: int, width: int, num_classes: int) -> None:
+        if self.backend == "torch" and self.compile:  # the compile of the torch backend: tens of seconds, once
+            self.run_once(height, width, num_classes)

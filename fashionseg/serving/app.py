@@ -165,6 +165,26 @@ def load_predictors(checkpoints: dict[str, str | None], **kwargs) -> dict[str, P
     return predictors
 
 
+WARM_UP_SIZE = (600, 400)  # a photo of the reference set: the size most requests have
+
+
+def warm_up(predictors: dict[str, Predictor], refinements: dict) -> None:
+    """Run each network once and compile each refinement that compiles (the CRF) for each class count served,
+    at start-up: the first request then answers as fast as the next ones. Other photo sizes reuse the
+    compiled code (shapes are dynamic; tiny photos are padded, see ``DenseCRF``)."""
+    photo = np.random.default_rng(0).integers(0, 256, (*WARM_UP_SIZE, 3), dtype=np.uint8)
+    for task, model in predictors.items():
+        start = time.perf_counter()
+        model.probabilities([photo])
+        log.info("Warm-up: the %s network, %.1f s.", task, time.perf_counter() - start)
+    for shown, refinement in refinements.items():
+        for k in sorted({model.num_classes for model in predictors.values()}):
+            start = time.perf_counter()
+            refinement.warm_up(*WARM_UP_SIZE, k)
+            if (seconds := time.perf_counter() - start) > 0.5:
+                log.info("Warm-up: the %s refinement for %d classes (one-off compile), %.1f s.", shown, k, seconds)
+
+
 def create_app(checkpoints: dict[str, str | None], max_upload_mb: float = 10.0, max_pixels: int = 25_000_000,
                device: str = "cpu", bf16: bool = False) -> FastAPI:
     """The demo server. ``checkpoints`` maps task name (person, fashion, or joint for a network with both
@@ -180,6 +200,7 @@ def create_app(checkpoints: dict[str, str | None], max_upload_mb: float = 10.0, 
     # waiting. One thread, not a lock over the server's thread pool: the allocator keeps per-thread
     # arenas, so large buffers freed by many threads would each keep their own high-water mark.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fashionseg-demo")
+    worker.submit(warm_up, predictors, refinements).result()  # in the thread that serves: its compiled code
     limit_bytes = int(max_upload_mb * 1024 * 1024)
     # The body holds the photo and a few short form fields.
     app.add_middleware(BodyLimit, limit=limit_bytes + 64 * 1024,

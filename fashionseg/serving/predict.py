@@ -14,7 +14,15 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from fashionseg.core.errors import ConfigError, DataError
-from fashionseg.core.io import cutout, label_image, list_photos, overlay, read_photo
+from fashionseg.core.io import (
+    cutout,
+    label_image,
+    list_photos,
+    overlay,
+    read_photo,
+    remove_stale_temporaries,
+    save_atomic,
+)
 from fashionseg.inference.predictor import Predictor
 from fashionseg.postprocess import Identity, Refinement
 
@@ -31,17 +39,28 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def has_cutout(predictor: Predictor) -> bool:
+    return predictor.task == "person" or predictor.class_names == ["background", "person"]
+
+
+def output_paths(predictor: Predictor, out_dir: Path, stem: str) -> list[Path]:
+    """What ``write_outputs`` writes for one photo (and one task)."""
+    kinds = ["label", "overlay", *(["cutout"] if has_cutout(predictor) else [])]
+    return [out_dir / f"{stem}_{kind}.png" for kind in kinds]
+
+
 def write_outputs(predictor: Predictor, photo: np.ndarray, probs: torch.Tensor, label: np.ndarray, out_dir: Path,
                   stem: str, opacity: float, boundaries: bool = False) -> list[Path]:
-    """<stem>_label.png (class indices, palette colours), <stem>_overlay.png, and <stem>_cutout.png for person."""
-    paths = [out_dir / f"{stem}_label.png", out_dir / f"{stem}_overlay.png"]
-    label_image(label, predictor.palette).save(paths[0])
-    overlay(photo, label, predictor.palette, predictor.class_names, opacity, boundaries=boundaries).save(paths[1])
-    if predictor.task == "person" or predictor.class_names == ["background", "person"]:
-        paths.append(out_dir / f"{stem}_cutout.png")
+    """<stem>_label.png (class indices, palette colours), <stem>_overlay.png, and <stem>_cutout.png for person,
+    each written whole or not at all (``save_atomic``): a killed run never leaves a truncated picture."""
+    paths = output_paths(predictor, out_dir, stem)
+    save_atomic(label_image(label, predictor.palette), paths[0])
+    save_atomic(overlay(photo, label, predictor.palette, predictor.class_names, opacity, boundaries=boundaries),
+                paths[1])
+    if has_cutout(predictor):
         # Soft edges from the probability, hard zeros where the refined label says background.
         alpha = probs[1].numpy() * (label == 1) if len(predictor.class_names) == 2 else label > 0
-        cutout(photo, alpha).save(paths[-1])
+        save_atomic(cutout(photo, alpha), paths[2])
     return paths
 
 
@@ -78,9 +97,18 @@ def predict(cfg: DictConfig) -> dict:
     refine: Refinement = single_refinement(cfg.get("postprocess"))
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if stale := remove_stale_temporaries(out_dir):
+        log.info("Removed %d temporary file(s) that a killed run left in %s.", len(stale), out_dir)
+    stems = {path: [path.stem] if len(heads) == 1 else [f"{path.stem}_{task}" for task in heads] for path in photos}
+    done = [path for path in photos if cfg.get("skip_existing") and all(
+        p.is_file() for head, stem in zip(heads.values(), stems[path]) for p in output_paths(head, out_dir, stem))]
+    if done:
+        log.info("skip_existing: %d of %d photo(s) already have every output in %s; labelling the other %d.",
+                 len(done), len(photos), out_dir, len(photos) - len(done))
+    todo = [path for path in photos if path not in set(done)]
     written, failed = [], {}
-    with tqdm(total=len(photos), desc="predict", unit="photo", disable=len(photos) == 1) as bar:
-        for group in batches(photos, cfg.batch_size):
+    with tqdm(total=len(todo), desc="predict", unit="photo", disable=len(todo) <= 1) as bar:
+        for group in batches(todo, cfg.batch_size):
             images, names = [], []
             for path in group:
                 try:
@@ -94,16 +122,15 @@ def predict(cfg: DictConfig) -> dict:
                 continue
             for path, photo, probs in zip(names, images, predictor.probabilities(images)):
                 files = []
-                for task, task_probs in predictor.split(probs).items():  # a joint network: every task, one pass
-                    label = refine(photo, task_probs)
-                    files += write_outputs(heads[task], photo, task_probs, label, out_dir,
-                                           path.stem if len(heads) == 1 else f"{path.stem}_{task}", cfg.opacity,
+                for (task, task_probs), stem in zip(predictor.split(probs).items(), stems[path]):
+                    label = refine(photo, task_probs)  # a joint network: every task, one pass
+                    files += write_outputs(heads[task], photo, task_probs, label, out_dir, stem, cfg.opacity,
                                            cfg.boundaries)
                 written.append(files)
                 bar.update(1)
     log.info("Labelled %d of %d photos into %s", len(written), len(photos), out_dir)
     return {"photos": len(photos), "written": [[str(p) for p in w] for w in written], "failed": failed,
-            "output": str(out_dir)}
+            "skipped": [str(p) for p in done], "output": str(out_dir)}
 
 
 def predict_job(cfg: DictConfig) -> dict:

@@ -13,10 +13,11 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashionseg.core.config import check_writable, validate
-from fashionseg.core.errors import ConfigError
+from fashionseg.core.errors import ConfigError, Interrupted
 from fashionseg.core.tracking import closes_trackers, configure_wandb
 from fashionseg.data import FashionDataModule, MultiSetDataModule
 from fashionseg.inference.checkpoint import read_checkpoint
@@ -25,6 +26,7 @@ from fashionseg.training.callbacks.checkpoint import reroot
 from fashionseg.training.distill import attach_distiller, teacher_path
 from fashionseg.training.losses import median_frequency_weights
 from fashionseg.training.module import SegmentationModule
+from fashionseg.training.rundir import keep_previous_results, last_checkpoint, relaunch, stored_metric
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,8 @@ def read_stored_config(path: Path) -> dict:
 
 
 def resume_config(cfg: DictConfig) -> DictConfig:
-    """For ``ckpt_path=last``: the killed run's own config, from ``<run dir>/checkpoints/last.ckpt``.
+    """For ``ckpt_path=last``: the killed run's own config, from ``<run dir>/checkpoints/last.ckpt`` (or the
+    run's newest complete checkpoint, where the first save of last.ckpt was killed).
 
     The stored config makes the resumed run identical to the original without repeating its
     overrides; ``key=value`` overrides on the resume command line (e.g. ``trainer.max_epochs=40``)
@@ -111,10 +114,10 @@ def resume_config(cfg: DictConfig) -> DictConfig:
     if cfg.get("ckpt_path") != "last":
         return cfg
     out_dir = str(cfg.paths.output_dir)
-    path = Path(out_dir) / "checkpoints" / "last.ckpt"
-    if not path.is_file():
+    path = last_checkpoint(out_dir)
+    if path is None:
         raise ConfigError(
-            f"ckpt_path=last, but {path} does not exist. Resume a run with "
+            f"ckpt_path=last, but {Path(out_dir) / 'checkpoints'} holds no checkpoint. Resume a run with "
             "`python train.py hydra.run.dir=<that run's directory> ckpt_path=last`."
         )
     stored = read_stored_config(path)
@@ -168,6 +171,8 @@ def assign_run_ids(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> tuple[float | None, dict]:
     """Run one training job. Returns (the metric a sweeper optimises, the results written to results.json)."""
     start = time.time()
+    if (finished := relaunch(cfg)) is not None:  # a finished run in this folder: kept, and skipped
+        return stored_metric(finished, cfg.get("optimized_metric")), finished
     cfg = resume_config(cfg)
     validate(cfg)
     if cfg.get("distill"):
@@ -190,7 +195,14 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         logger=instantiate_dict(cfg.get("logger"), "logger") or False,
     )
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException:  # Lightning's, a SystemExit with status 0: a scheduler would take the run as done
+        raise Interrupted(
+            f"Received SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}: stopped, "
+            f"{out_dir / 'checkpoints' / 'last.ckpt'} saved. Resume with: python train.py hydra.run.dir={out_dir} "
+            "ckpt_path=last (a sweep: relaunch it; finished jobs are skipped, this one resumes)."
+        ) from None
     fit_time = time.time() - start
     # Before testing: loading the best checkpoint for the test restores that epoch's count.
     images_seen, images_this_fit = module.images_seen, module.images_seen - module.images_seen_at_start
@@ -222,8 +234,10 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         **({"val_sets": {n: {k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith(f"val/{n}/")}
                          for n in module.eval_names.get("val", [])},
             "test_sets": module.test_scores_per_set} if module.eval_names else {}),
+        "optimized_metric": {"name": cfg.get("optimized_metric"), "value": metrics.get(cfg.get("optimized_metric"))},
         "config": module.hparams.config,
     }
+    keep_previous_results(out_dir)  # a finished run continued with ckpt_path=last
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     log.info("Test scores: %s", json.dumps(module.test_scores))
     log.info("Results written to %s", out_dir / "results.json")

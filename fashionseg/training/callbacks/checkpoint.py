@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class RunCheckpoint(ModelCheckpoint):
       an epoch that did not improve the monitored metric, ``last.ckpt`` still holds an older epoch:
       a kill then loses that epoch and a resume trains it again. Here ``last.ckpt`` is written at
       the end of every epoch's validation (or training epoch, without validation).
+    - A run stopped by SIGTERM (a scheduler's pre-emption, ``kill``) saves ``last.ckpt`` where it stopped,
+      mid-epoch if need be, so that ``ckpt_path=last`` continues from there.
     - The checkpoint stores absolute paths (its folder, the best and last files). Resuming a copied
       or moved run folder would keep writing to and deleting from the original folder; here every
       stored path under the stored folder is re-rooted at this callback's ``dirpath`` on load.
@@ -51,6 +54,12 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_missed(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and self.save_last and not trainer.sanity_checking:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            log.info("SIGTERM: saved %s (epoch %d, step %d).", self.last_model_path, trainer.current_epoch,
+                     trainer.global_step)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old, new = state_dict.get("dirpath"), self.dirpath
