@@ -7,6 +7,7 @@ tracebacks."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,13 +15,16 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from fashionseg import __version__
 from fashionseg.core.config import check_writable
 from fashionseg.core.errors import ConfigError, FashionsegError, Interrupted
+from fashionseg.core.extras import apply_extras
 
 log = logging.getLogger("fashionseg")
 
@@ -73,24 +77,41 @@ class RunDirectoryCheck(Callback):
             raise SystemExit(f"ConfigError: {e}") from None
 
 
+def user_error(e: BaseException) -> FashionsegError | None:
+    """The user error behind ``e``: a FashionsegError itself, one that Hydra's ``instantiate`` wrapped ("Error in
+    call to target ..."), or a mandatory value left out (``ckpt_path: ???``); None for anything else."""
+    if isinstance(e, FashionsegError):
+        return e
+    if isinstance(e, InstantiationException) and isinstance(e.__cause__, FashionsegError):
+        return e.__cause__
+    if isinstance(e, MissingMandatoryValue):
+        key = e.full_key or str(e)
+        job = HydraConfig.get().job.name if HydraConfig.initialized() else "<command>"
+        return ConfigError(f"{key} is required: give {key}=<value> on the command line (`python {job}.py --help` "
+                           "lists the options).")
+    return None
+
+
 def run(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run an entry point's job. A ``FashionsegError`` is logged once, as one line (console and the job's
-    log, where scripts/summarize_runs.py finds it): a single run then exits with status 1 and no
-    traceback; a job of a sweep fails and the sweep goes on. ``Interrupted`` (SIGTERM) ends the process
-    with status 143, sweep or not. Other errors keep their traceback."""
+    """Run an entry point's job. A user error (``user_error``: bad data, config or input) is logged once, as
+    one line (console and the job's log, where scripts/summarize_runs.py finds it): a single run then exits
+    with status 1 and no traceback (``HYDRA_FULL_ERROR=1`` shows it); a job of a sweep fails and the sweep
+    goes on. ``Interrupted`` (SIGTERM) ends the process with status 143, sweep or not. Other errors keep
+    their traceback."""
+    apply_extras(cfg.get("extras"))
     try:
         return job(cfg)
     except Interrupted as e:  # a signal asked the process to stop: a sweep stops too, and the job counts as failed
         log.error("Job failed: %s: %s", type(e).__name__, e)
         raise SystemExit(e.exit_status) from None
-    except FashionsegError as e:
-        log.error("Job failed: %s: %s", type(e).__name__, e)
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        raise SystemExit(1) from None
     except Exception as e:
-        log.error("Job failed: %s: %s", type(e).__name__, e)
-        raise
+        error = user_error(e)
+        log.error("Job failed: %s: %s", type(error or e).__name__, error or e)
+        if error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise error from None
+        raise SystemExit(1) from None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -103,7 +124,7 @@ def train_main(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def eval_main(cfg: DictConfig) -> None:
+def _eval(cfg: DictConfig) -> None:
     """Score a checkpoint: `fashionseg-eval ckpt_path=<file.ckpt> [postprocess=[none,crf]]` (conf/eval.yaml)."""
     from fashionseg.evaluation.evaluate import evaluate
 
@@ -111,7 +132,7 @@ def eval_main(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
-def predict_main(cfg: DictConfig) -> None:
+def _predict(cfg: DictConfig) -> None:
     """Label photos: `fashionseg-predict ckpt_path=<file.ckpt> input=<photo or folder> output=<folder>`
     (conf/predict.yaml). Exit status 1 when any photo could not be read."""
     from fashionseg.serving.predict import predict_job
@@ -134,6 +155,32 @@ def demo_main(cfg: DictConfig) -> None:
 
     run(serve, cfg)
 
+
+# `model=<ckpt, package folder or user/repo>` on these commands' command lines: their configs share fashionseg/conf
+# with train.py, where `model` is the group of architectures, so Hydra would read it as a group; it is ckpt_path.
+ALIASES = {"eval": {"model": "ckpt_path"}, "predict": {"model": "ckpt_path"}}
+
+
+def apply_aliases(command: str, args: Sequence[str]) -> list[str]:
+    """A command line's ``alias=value`` arguments under their config key (``ALIASES``)."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        out.append(f"{ALIASES.get(command, {}).get(key, key)}={value}" if sep else arg)
+    return out
+
+
+def _aliased(command: str, main: Callable[[], Any]) -> Callable[[], Any]:
+    def entry() -> Any:
+        sys.argv = [sys.argv[0], *apply_aliases(command, sys.argv[1:])]  # Hydra reads sys.argv
+        return main()
+    entry.__name__ = entry.__qualname__ = f"{command}_main"
+    entry.__doc__ = main.__doc__
+    return entry
+
+
+eval_main = _aliased("eval", _eval)
+predict_main = _aliased("predict", _predict)
 
 COMMANDS = {"train": train_main, "eval": eval_main, "predict": predict_main, "export": export_main, "demo": demo_main}
 USAGE = """usage: fashionseg [--version] <command> [hydra overrides]

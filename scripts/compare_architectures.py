@@ -24,10 +24,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from fashionseg.core.jobs import run_logged
 from fashionseg.inference import VARIANTS
+from fashionseg.inference.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +41,7 @@ def finished_jobs(sweep: Path) -> list[tuple[Path, dict]]:
 
 
 def parameter_count(ckpt: str) -> int:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = read_checkpoint(ckpt, mmap=True)["state_dict"]
     return sum(v.numel() for k, v in state.items() if k.startswith("net."))
 
 

@@ -8,12 +8,19 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
-import pytest
-from omegaconf import DictConfig, open_dict
-from PIL import Image
+# pytest-xdist's workers share the cores: each worker, and the train/eval processes it starts, gets its share of
+# threads. Two workers of two threads each on 2 cores would make OpenMP's threads wait on each other (several
+# times slower). Set before torch is imported; an explicit OMP_NUM_THREADS wins.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(
+        os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
-from fashionseg.core.config import compose_config
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from fashionseg.core.config import compose_config  # noqa: E402
 
 # torch.compile's one-off compile of the CRF takes tens of seconds on a fresh 2-core machine, in every process
 # that refines: the tests, and the train/eval processes they start, run it eagerly (the same results). The

@@ -215,6 +215,7 @@ def test_browser_upload_shows_overlay_and_error(page, tmp_path):
     for selector in ("#photo", "#cutout"):
         box = page.locator(selector).bounding_box()
         assert box["y"] + box["height"] <= 900 and box["x"] + box["width"] <= 1280, (selector, box)
+    assert_headings_above_their_images(page)
     shot = Path(os.environ.get("FASHIONSEG_SCREENSHOTS", tmp_path)) / "demo_1280x900.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shot))
@@ -233,6 +234,23 @@ def test_browser_upload_shows_overlay_and_error(page, tmp_path):
     page.click("#run")
     page.wait_for_function("document.querySelector('#error').textContent === ''", timeout=30_000)
     page.wait_for_function("document.querySelector('#status').textContent === 'Done.'", timeout=60_000)
+    # The fashion task (no cut-out): the headings still sit above their images.
+    page.select_option("#task", "fashion")
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#status').textContent === 'Done.'", timeout=60_000)
+    assert page.is_hidden("#cutout-box")
+    assert_headings_above_their_images(page)
+
+
+def assert_headings_above_their_images(page):
+    """Each view's heading ("Overlay", "Cut-out") ends above its picture, starting at its left edge."""
+    for view, picture in (("#result .view:first-child", "#photo"), ("#cutout-box", "#cutout")):
+        if page.is_hidden(view):
+            continue
+        heading = page.locator(f"{view} > strong").bounding_box()
+        image = page.locator(picture).bounding_box()
+        assert heading["y"] + heading["height"] <= image["y"] + 1 and abs(heading["x"] - image["x"]) <= 2, \
+            (view, heading, image)
 
 
 def test_the_crf_is_compiled_at_start_up_for_each_class_count_served(person_ckpt, fashion_ckpt, monkeypatch):

@@ -186,3 +186,46 @@ def test_fashionseg_command_runs_an_entry_point_from_any_directory(tmp_path):
     assert (job["task"]["name"], job["model"]["name"]) == ("person", "fpn")
     version = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("fashionseg ")
+
+
+# A newcomer's first hour (issue 43): one line per user error, --help of the command's own, a quiet console.
+
+def test_eval_without_ckpt_path_is_one_line_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "eval.py", f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": ""})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert [line for line in out.splitlines() if line.strip()] == [
+        next(line for line in out.splitlines() if "Job failed" in line)]
+    assert "ConfigError: ckpt_path is required: give ckpt_path=<value>" in out
+
+
+@pytest.mark.parametrize("command, groups", [("predict", ["postprocess", "extras"]),
+                                             ("eval", ["postprocess", "data", "task", "trainer", "extras"])])
+def test_help_lists_the_commands_own_groups_only(command, groups):
+    proc = subprocess.run([sys.executable, f"{command}.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listed = proc.stdout.split("== Config groups (group=option) ==")[1].split("==")[0]
+    assert [line.split(":")[0] for line in listed.strip().splitlines()] == groups
+    for name in groups:  # every option the help names exists
+        options = listed.split(f"{name}:")[1].splitlines()[0]
+        for option in (o.strip(" ,") for o in options.split("(")[0].split(",")):
+            if option and "own" not in option:
+                assert (ROOT / "fashionseg" / "conf" / name / f"{option.split()[-1]}.yaml").is_file(), option
+    assert "model= is ckpt_path=" in proc.stdout and "loss:" not in proc.stdout and "optimizer" not in proc.stdout
+
+
+def test_a_run_prints_its_summary_and_no_library_noise(data_root, tmp_path):
+    proc = subprocess.run([sys.executable, "train.py", "task=person", "model.net.encoder_weights=null",
+                           f"data.root={data_root}", "data.limit=8", "data.image_size=[64,64]", "trainer.max_epochs=1",
+                           "test=false", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in (proc.stdout + proc.stderr).replace("\r", "\n").splitlines() if line.strip()]
+    before_training = lines[: next(i for i, line in enumerate(lines) if "Epoch 0" in line)]
+    assert len(before_training) <= 25, "\n".join(before_training)
+    assert any("Run: model=deeplabv3plus" in line for line in before_training)
+    noise = [line for line in lines if "Tip:" in line or line.startswith("INFO: ") or "Warning" in line
+             or "deprecated" in line or "log_every_n_steps" in line]
+    assert not noise, noise

@@ -124,8 +124,8 @@ def test_bad_files_are_all_listed_at_once(copy_root):
 
 
 def test_empty_split(data_root):
-    with pytest.raises(ConfigError, match="The val split is empty: 3 images"):
-        datamodule(data_root, limit=3).setup()
+    with pytest.raises(ConfigError, match="The val split is empty: 2 images"):
+        datamodule(data_root, limit=2).setup()
 
 
 def test_image_size_not_multiple_of_32(data_root):

@@ -20,6 +20,7 @@ import pytest
 from conftest import ROOT
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from fashionseg.cli import apply_aliases
 from fashionseg.core.config import compose_config
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -92,7 +93,7 @@ def compose_entry(config: str, args: list[str], conf_dir: Path | None = None) ->
     """Compose the entry point's config with the command's overrides, as `--cfg job` does; ``conf_dir``: a
     copy of fashionseg/conf/ with the docs' own config files added."""
     overrides, skip = [], False
-    for arg in args:
+    for arg in apply_aliases(config, args):
         if skip:
             skip = False
             continue

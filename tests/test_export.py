@@ -82,8 +82,19 @@ def test_int8_quantization_runs_integer_kernels_close_to_the_float_network(tmp_p
     net = TinyNet().eval()
     path = export_onnx(net, tmp_path / "tiny.onnx", [64, 32])
     calibration = [torch.randint(0, 256, (1, 3, 64, 32), dtype=torch.uint8) for _ in range(4)]
-    int8 = quantize_onnx(path, tmp_path / "tiny.int8.onnx", calibration)
+    int8 = quantize_onnx(path, tmp_path / "tiny.int8.onnx", calibration)  # QDQ: the default
     ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    # ONNX Runtime fuses each DequantizeLinear -> Conv -> QuantizeLinear into an integer convolution.
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path.parent / "tiny.int8.optimized.onnx")
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    fused = {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+    assert "QLinearConv" in fused and "Conv" not in fused
+    qoperator = quantize_onnx(path, tmp_path.parent / "tiny.qop.onnx", calibration, quant_format="qoperator")
+    ops = {node.op_type for node in onnx.load(str(qoperator)).graph.node}
     assert "QLinearConv" in ops and "Conv" not in ops
     x = torch.randint(0, 256, (2, 3, 64, 32), dtype=torch.uint8)
     with torch.no_grad():

@@ -19,6 +19,13 @@ def test_reference_split_sizes_and_determinism():
     assert split_indices(600, (0.5, 0.1, 0.4), seed=43)[2] != test
 
 
+def test_a_few_photos_give_every_positive_fraction_a_photo():
+    """8 photos at 0.5/0.1/0.4 round to 5/0/3: the smoke test of a first run would have no validation."""
+    parts = split_indices(8, (0.5, 0.1, 0.4), seed=42)
+    assert [len(p) for p in parts] == [4, 1, 3] and sorted(sum(parts, [])) == list(range(8))
+    assert [len(p) for p in split_indices(8, (0.9, 0.1, 0.0), seed=42)] == [7, 1, 0]
+
+
 def test_train_plus_val_split_keeps_the_reference_test_split():
     """data.split=[0.6,0,0.4] (experiment=fast_person_trainval) trains on the reference train + val photos."""
     train, val, test = split_indices(600, (0.5, 0.1, 0.4), seed=42)

@@ -17,6 +17,10 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[list[in
     private generator seeded the same way draws the same permutation, without
     touching the global RNG state.
 
+    A positive fraction that rounds to no photo (8 photos split 0.5/0.1/0.4: 5/0/3) gets one photo from the
+    largest subset instead (4/1/3), as long as there are enough photos: a smoke test on a few photos still
+    validates. Splits whose every subset rounds to at least one photo, as the reference 600, are untouched.
+
     Returns:
         One sorted list of indices per fraction.
     """
@@ -31,4 +35,9 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[list[in
     with warnings.catch_warnings():  # an empty subset is asked for (e.g. no validation split): no warning
         warnings.filterwarnings("ignore", "Length of split at index", UserWarning)
         subsets = random_split(range(n), list(fractions), generator=generator)
-    return [sorted(s.indices) for s in subsets]
+    parts = [sorted(s.indices) for s in subsets]
+    if n >= sum(f > 0 for f in fractions):
+        for empty in [i for i, f in enumerate(fractions) if f > 0 and not parts[i]]:
+            largest = max(range(len(parts)), key=lambda i: len(parts[i]))
+            parts[empty] = [parts[largest].pop()]
+    return parts

@@ -29,7 +29,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """Score ``cfg.ckpt_path`` on ``cfg.split``; the network, task and input size come from the checkpoint."""
     out_dir = check_writable(cfg.paths.output_dir)
     module = load_checkpoint(cfg.ckpt_path, tta_hflip=cfg.tta_hflip, tta_scales=list(cfg.tta_scales),
-                             boundary_dilation=cfg.boundary_dilation)
+                             boundary_dilation=cfg.boundary_dilation, revision=cfg.get("revision"))
     if cfg.get("onnx"):
         module.net = OnnxNetwork(OnnxRunner(cfg.onnx))
     train_cfg = OmegaConf.create(module.hparams.config)
@@ -78,4 +78,6 @@ def evaluate(cfg: DictConfig) -> dict:
         print(table)
     (out_dir / "eval_results.json").write_text(json.dumps(results, indent=1))
     log.info("%s split scores: %s", cfg.split, json.dumps(module.test_scores))
+    log.info("Results written to %s%s", out_dir / "eval_results.json",
+             f" and {out_dir / 'refinements.md'}" if cfg.get("postprocess") else "")
     return results

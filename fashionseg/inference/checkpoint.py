@@ -1,6 +1,11 @@
 """Read a train.py checkpoint and rebuild its network from the config stored in it, without the training
 layer: evaluation, prediction, the demo, export, a distillation teacher and resume all read checkpoints here.
 
+Reading never runs code: checkpoints are opened with ``torch.load(weights_only=True)``, which rebuilds
+tensors and plain containers only (the stored config is plain dicts and lists). A file that needs more
+(a pickled object, perhaps a payload) is refused, naming ``scripts/convert_checkpoint.py --trust``, which
+converts a checkpoint one trusts once, knowingly.
+
 A checkpoint stores the run's resolved config, whose ``_target_`` paths name the classes that built the run
 (``fashionseg.training.losses.CrossEntropy``). Checkpoints written before the package was split into
 layers name the old flat modules (``fashionseg.losses.CrossEntropy``); ``upgrade_config`` maps them to
@@ -9,8 +14,9 @@ their new homes, in this one place, so that every old checkpoint still loads.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,7 @@ from torch import nn
 
 from fashionseg.core.errors import ConfigError
 from fashionseg.core.heads import Head, task_heads
+from fashionseg.inference.package import WEIGHTS, read_package_config, resolve
 
 # Old ``_target_`` prefix -> new one; the longest matching prefix wins. The classes of fashionseg 0.1.0's flat
 # modules that a stored config names (losses, callbacks, the checkpoint writer); data, models and
@@ -59,7 +66,15 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     if not path.is_file():
         raise ConfigError(f"Checkpoint {path} does not exist. Give ckpt_path=<run dir>/checkpoints/<file>.ckpt.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:  # an object that only running code could rebuild: never done here
+        reason = next((f" ({line.strip()})" for line in str(e).splitlines() if "Unsupported" in line), "")
+        raise ConfigError(
+            f"Checkpoint {path} holds objects that loading would have to run code to rebuild{reason}; it was "
+            "refused, and nothing in it ran. fashionseg checkpoints hold only tensors and plain values. If "
+            f"you trust where this file comes from, convert it once: python scripts/convert_checkpoint.py --trust "
+            f"{path} --out <new.ckpt>"
+        ) from None
     except Exception as e:  # truncated, overwritten or not a checkpoint at all
         raise ConfigError(f"Cannot read checkpoint {path} ({type(e).__name__}: {e}); it is truncated or not a "
                           "checkpoint written by train.py.") from e
@@ -81,10 +96,12 @@ def build_network(config: Mapping, pretrained: bool = False) -> nn.Module:
 
 @dataclass
 class TrainedNetwork:
-    """A trained network in eval mode and the run config it was trained with (task, classes, data)."""
+    """A trained network in eval mode, the run config it was trained with (task, classes, data), and, from a
+    model package, the test-time options chosen for it (``tta_hflip``, ``tta_scales``, ``postprocess``)."""
 
     net: nn.Module
     config: dict
+    inference: dict = field(default_factory=dict)
 
     @cached_property
     def heads(self) -> list[Head]:
@@ -97,8 +114,12 @@ def network_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return {k.removeprefix("net."): v for k, v in state_dict.items() if k.startswith("net.")}
 
 
-def load_network(path: str | Path) -> TrainedNetwork:
-    """Rebuild the network of a train.py checkpoint from its stored config and load its weights."""
+def load_network(source: str | Path, revision: str | None = None) -> TrainedNetwork:
+    """Rebuild the network of a train.py checkpoint, a model package folder or a Hugging Face Hub id
+    (``user/repo`` at ``revision``) from its stored config, and load its weights."""
+    path = resolve(source, revision)
+    if path.is_dir():
+        return load_package(path)
     ckpt = read_checkpoint(path)
     config = ckpt["hyper_parameters"]["config"]
     net = build_network(config)
@@ -108,3 +129,18 @@ def load_network(path: str | Path) -> TrainedNetwork:
         raise ConfigError(f"Checkpoint {path}: its weights do not fit the network its config describes "
                           f"({str(e).splitlines()[0]}).") from e
     return TrainedNetwork(net.eval(), config)
+
+
+def load_package(folder: str | Path) -> TrainedNetwork:
+    """The network of a model package (``fashionseg.inference.package``): its config.yaml and safetensors weights."""
+    from safetensors.torch import load_model
+
+    doc = read_package_config(folder)
+    config = upgrade_config(doc["run"])
+    net = build_network(config)
+    try:
+        load_model(net, Path(folder) / WEIGHTS, strict=True)
+    except Exception as e:  # missing or extra tensors, a damaged file
+        raise ConfigError(f"Model package {folder}: its weights ({WEIGHTS}) do not fit the network its {Path(folder)} "
+                          f"config.yaml describes ({type(e).__name__}: {str(e).splitlines()[0]}).") from None
+    return TrainedNetwork(net.eval(), config, dict(doc["inference"]))

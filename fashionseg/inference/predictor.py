@@ -68,6 +68,7 @@ class Predictor:
         self.class_names, self.task = list(class_names), task
         self.heads = list(heads) if heads else [Head(task, tuple(self.class_names), 0, None)]
         self.channels: slice | None = None  # a view's head: the network's output channels kept
+        self.refinement: dict | None = None  # a model package's refinement config (from_pretrained)
         self.palette = np.asarray(palette if palette is not None else default_palette(len(self.class_names)), np.uint8)
         self.image_size = list(image_size) if image_size is not None else None
         self.transform = EvalTransform(self.image_size, size_multiple)
@@ -84,10 +85,27 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, onnx: str | Path | None = None, **kwargs) -> Predictor:
-        """Network, classes, palette and input size all come from a train.py checkpoint. ``onnx``: an
-        exported file of its network (export.py, e.g. its int8 file), run by ONNX Runtime in its place."""
+        """Network, classes, palette and input size all come from a train.py checkpoint (or a model package
+        folder or Hub id, see ``from_pretrained``). ``onnx``: an exported file of its network (export.py, e.g.
+        its int8 file), run by ONNX Runtime in its place."""
         trained = load_network(path)
         return cls.from_network(trained.net, trained.config, onnx, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, revision: str | None = None, onnx: str | Path | None = None,
+                        **kwargs) -> Predictor:
+        """A Predictor of a model package folder, a Hugging Face Hub id (``user/repo``, at ``revision``;
+        downloaded into huggingface_hub's cache) or a train.py checkpoint. A package's test-time options
+        (``tta_hflip``, ``tta_scales``) apply unless given here; its refinement is ``refinement``::
+
+            predictor = Predictor.from_pretrained("outputs/person-package")
+            label = predictor([read_photo("photo.jpg")])[0]
+        """
+        trained = load_network(source, revision)
+        options = {k: trained.inference[k] for k in ("tta_hflip", "tta_scales") if trained.inference.get(k) is not None}
+        predictor = cls.from_network(trained.net, trained.config, onnx, **{**options, **kwargs})
+        predictor.refinement = trained.inference.get("postprocess")
+        return predictor
 
     @classmethod
     def from_network(cls, net: nn.Module, config: Mapping, onnx: str | Path | None = None, **kwargs) -> Predictor:

@@ -148,9 +148,10 @@ def load_predictors(checkpoints: dict[str, str | None], **kwargs) -> dict[str, P
         if key not in (*RECIPES, JOINT):
             raise ConfigError(f"checkpoints.{key}: unknown task; the demo serves {sorted(RECIPES)} (or {JOINT}: "
                               "a network with a head for each).")
-        if not Path(path).is_file():
-            raise ConfigError(f"checkpoints.{key}={path} does not exist; give a .ckpt written by train.py.")
-        predictor = Predictor.from_checkpoint(path, **kwargs)  # ConfigError naming the file if unreadable
+        try:  # a .ckpt, a model package folder or a Hub id (user/repo)
+            predictor = Predictor.from_pretrained(path, **kwargs)
+        except ConfigError as e:
+            raise ConfigError(f"checkpoints.{key}={path}: {e}") from None
         heads = [h.name for h in predictor.heads]
         tasks = [h for h in heads if h in RECIPES] if key == JOINT else [key]
         if (key == JOINT and len(heads) < 2) or (key != JOINT and key not in heads):

@@ -8,6 +8,7 @@ import json
 import logging
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from fashionseg.core.io import list_photos, read_photo
 from fashionseg.data import checkpoint_datamodule, primary_data_config
 from fashionseg.inference.checkpoint import load_network
 from fashionseg.inference.onnx import OnnxRunner
+from fashionseg.inference.package import ONNX, ONNX_INT8
 from fashionseg.inference.predictor import Predictor
+from fashionseg.serving.package import inference_options, push_to_hub, write_package
 
 log = logging.getLogger(__name__)
 
@@ -38,31 +41,56 @@ class LogitsOnly(nn.Module):
         return self.net(image)["out"]
 
 
-def export_onnx(net: nn.Module, path: str | Path, size: Sequence[int], opset: int = 18) -> Path:
+EXPORTERS = ("torchscript", "dynamo")
+
+
+def export_onnx(net: nn.Module, path: str | Path, size: Sequence[int], opset: int = 18,
+                exporter: str = "torchscript") -> Path:
     """Write ``net`` to ``path`` as ONNX with dynamic batch, height and width (sides multiples of 32).
 
     ``size`` (H, W) is the example input's size; other sizes run as long as the network accepts them.
+    ``exporter``: ``torchscript`` (``torch.onnx.export(dynamo=False)``, which traces the network: about a
+    second) or ``dynamo`` (``torch.export``, which runs the network symbolically: a minute and more on a
+    CPU for the default network; scripts/benchmark_export.py times both). export.py checks either file
+    against PyTorch on real photos.
     """
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter={exporter!r}: choose one of {', '.join(EXPORTERS)}.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A network kept in channels-last order (channels_last=true) would make torch.export specialise the
     # batch size; the ONNX graph does not depend on the memory order, so a contiguous copy is exported.
     model = LogitsOnly(copy.deepcopy(net).to(memory_format=torch.contiguous_format)).eval()
     example = torch.zeros(1, 3, *size, dtype=torch.uint8)
-    batch, height, width = torch.export.Dim("batch", min=1, max=64), torch.export.Dim.AUTO, torch.export.Dim.AUTO
-    with torch.no_grad():
+    names = dict(input_names=["image"], output_names=["logits"])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, tracer warnings
+        if exporter == "torchscript":
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, **names,
+                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                            "logits": {0: "batch", 2: "height", 3: "width"}})
+            return path
+        batch, height, width = torch.export.Dim("batch", min=1, max=64), torch.export.Dim.AUTO, torch.export.Dim.AUTO
         program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=opset, input_names=["image"], output_names=["logits"],
+            model, (example,), dynamo=True, opset_version=opset, **names,
             dynamic_shapes={"image": {0: batch, 2: height, 3: width}}, external_data=False, verbose=False,
         )
     program.save(str(path))
     return path
 
 
-def quantize_onnx(path: str | Path, out: str | Path, calibration: Iterable[torch.Tensor]) -> Path:
+INT8_FORMATS = ("qdq", "qoperator")
+
+
+def quantize_onnx(path: str | Path, out: str | Path, calibration: Iterable[torch.Tensor],
+                  quant_format: str = "qdq") -> Path:
     """Static int8 quantization of an exported network with ONNX Runtime: weights int8 per output channel,
     activations uint8 with ranges (min/max) measured on ``calibration``, (B, 3, H, W) uint8 batches at the
     network's input size. Calibrate on training photos, never on the photos the model is scored on.
+
+    ``quant_format``: ``qdq`` (QuantizeLinear/DequantizeLinear pairs around float operators, which ONNX
+    Runtime fuses into integer kernels) or ``qoperator`` (integer operators written out: QLinearConv ...;
+    ONNX Runtime's QOperator pass fails on the TorchScript exporter's graphs, whose constants are shared).
 
     Convolutions then run as integer kernels (VNNI on x86 CPUs that have it); the README's benchmarks
     give its speed and the test mIoU it keeps.
@@ -70,6 +98,8 @@ def quantize_onnx(path: str | Path, out: str | Path, calibration: Iterable[torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if quant_format not in INT8_FORMATS:
+        raise ConfigError(f"int8_format={quant_format!r}: choose one of {', '.join(INT8_FORMATS)}.")
     path, out = Path(path), Path(out)
     batches = [np.ascontiguousarray(b.cpu().numpy().astype(np.uint8)) for b in calibration]
     if not batches:
@@ -84,13 +114,30 @@ def quantize_onnx(path: str | Path, out: str | Path, calibration: Iterable[torch
             return None if batch is None else {"image": batch}
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    quiet = FromPackage("onnxruntime")  # it logs a WARNING per tensor it leaves in float, on the root logger
+    logging.getLogger().addFilter(quiet)
     with tempfile.TemporaryDirectory(prefix="fashionseg-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"  # graph optimized (batch-norm folded) and shapes inferred
         # Symbolic shape inference is for transformers; where it fails it dumps a file in the working folder.
         quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QOperator, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        try:
+            fmt = QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator
+            quantize_static(str(prepared), str(out), Batches(), quant_format=fmt, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        finally:
+            logging.getLogger().removeFilter(quiet)
     return out
+
+
+class FromPackage(logging.Filter):
+    """Drops the records that a package's own code logged below ERROR (by the file that logged them)."""
+
+    def __init__(self, package: str):
+        super().__init__()
+        self.folder = f"{package}{__import__('os').sep}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or self.folder not in record.pathname
 
 
 def check_and_time(net: nn.Module, runners: dict[str, OnnxRunner], images: list[np.ndarray],
@@ -140,20 +187,45 @@ def calibration_batches(config: Mapping, root: str, count: int) -> list[torch.Te
     return training_photos(checkpoint_datamodule(config, root), count)
 
 
-def export(cfg) -> dict:
-    """`python export.py ckpt_path=... format=onnx`: write the ONNX file, check it against PyTorch, time both."""
-    if cfg.format != "onnx":
-        raise ConfigError(f"format={cfg.format!r} is not supported; use format=onnx.")
-    trained = load_network(cfg.ckpt_path)
+class Stages:
+    """Progress of an export, one line per stage with its time (the libraries' own INFO logs are silenced)."""
+
+    QUIET = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "torch._export",
+             "onnxruntime", "root")
+
+    def __init__(self, names: Sequence[str]):
+        self.names, self.done, self.times = list(names), 0, {}
+        for name in self.QUIET:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    def __call__(self, name: str):
+        stages = self
+
+        class Stage:
+            def __enter__(self):
+                self.start = time.perf_counter()
+                print(f"[{stages.names.index(name) + 1}/{len(stages.names)}] {name} ...", flush=True)
+
+            def __exit__(self, *exc):
+                stages.times[name] = round(time.perf_counter() - self.start, 1)
+                if exc[0] is None:
+                    print(f"      {name}: {stages.times[name]:.1f} s", flush=True)
+
+        return Stage()
+
+
+def export_checked(cfg, trained, out: Path, stages: Stages) -> dict:
+    """Write ``out`` (and with ``int8``, ``<stem>.int8.onnx``), check them against PyTorch on real photos, time
+    them; returns the report (also written beside ``out`` as JSON)."""
     train_cfg = OmegaConf.create(trained.config)
     data = primary_data_config(train_cfg.data)
     size = list(data.image_size) if data.image_size is not None else [608, 416]
-    out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / f"{Path(cfg.ckpt_path).stem}.onnx"
-    log.info("Exporting %s (%s, input %s) to %s", cfg.ckpt_path, train_cfg.model.name, size, out)
-    export_onnx(trained.net, out, size, opset=cfg.opset)
     photos = list_photos(cfg.check_photos)[: cfg.check_count] if cfg.get("check_photos") else []
     if not photos:
         raise ConfigError(f"No photos to check the export on in {cfg.check_photos}; set check_photos=<folder>.")
+    log.info("Exporting %s (%s, input %s) to %s", cfg.ckpt_path, train_cfg.model.name, size, out)
+    with stages("export"):
+        export_onnx(trained.net, out, size, opset=cfg.opset, exporter=cfg.get("exporter", "torchscript"))
     images = [read_photo(p) for p in photos]
     heads = trained.heads
     kwargs = dict(class_names=all_class_names(heads), image_size=data.image_size,
@@ -161,15 +233,18 @@ def export(cfg) -> dict:
     runners = {"onnxruntime": OnnxRunner(out)}
     if cfg.int8:
         int8 = out.with_name(f"{out.stem}.int8.onnx")
-        calibration = calibration_batches(trained.config, cfg.calibration_root, cfg.calibration_count)
+        with stages("calibrate"):
+            calibration = calibration_batches(trained.config, cfg.calibration_root, cfg.calibration_count)
         log.info("Quantizing to int8 (%d training photos of %s calibrate): %s", len(calibration),
                  cfg.calibration_root, int8)
-        runners["int8"] = OnnxRunner(quantize_onnx(out, int8, calibration))
-    checks = check_and_time(trained.net, runners, images, kwargs)
+        with stages("quantize"):
+            runners["int8"] = OnnxRunner(quantize_onnx(out, int8, calibration, cfg.get("int8_format", "qdq")))
+    with stages("compare"):
+        checks = check_and_time(trained.net, runners, images, kwargs)
     onnx = checks["onnxruntime"]
     report = {"onnx": str(out), "input_hw": size, "max_abs_diff": onnx["max_abs_diff"],
               "label_agreement": onnx["label_agreement"], "torch_ms": checks["torch_ms"],
-              "onnxruntime_ms": onnx["ms"], "photos": checks["photos"]}
+              "onnxruntime_ms": onnx["ms"], "photos": checks["photos"], "stage_s": stages.times}
     lines = [f"ONNX written to {out}",
              f"max |logits(torch) - logits(onnxruntime)| on {report['photos']} photos: {report['max_abs_diff']:.2e}",
              f"ms per photo (600x400 in, label map out, batch 1): torch {report['torch_ms']:.1f}, "
@@ -183,4 +258,33 @@ def export(cfg) -> dict:
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     if report["max_abs_diff"] > cfg.tolerance:
         raise RuntimeError(f"ONNX output differs from PyTorch by {report['max_abs_diff']:.2e} > {cfg.tolerance}.")
+    return report
+
+
+def export(cfg) -> dict:
+    """`python export.py ckpt_path=... format=onnx`: write the ONNX file, check it against PyTorch, time both.
+    With ``package=<dir>``: a model package instead (ONNX files in it with ``package_onnx=true``), uploaded to the
+    Hugging Face Hub with ``push_to_hub=<user/repo>``."""
+    if cfg.format != "onnx":
+        raise ConfigError(f"format={cfg.format!r} is not supported; use format=onnx.")
+    trained = load_network(cfg.ckpt_path)
+    onnx_stages = ["export", *(["calibrate", "quantize"] if cfg.int8 else []), "compare"]
+    if not cfg.get("package"):
+        out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / f"{Path(cfg.ckpt_path).stem}.onnx"
+        return export_checked(cfg, trained, out, Stages(onnx_stages))
+    folder = Path(cfg.package)
+    stages = Stages([*(onnx_stages if cfg.package_onnx else []), "package", *(["upload"] if cfg.push_to_hub else [])])
+    inference = inference_options(cfg, trained)
+    report = export_checked(cfg, trained, folder / ONNX, stages) if cfg.package_onnx else {}
+    with stages("package"):
+        write_package(trained, cfg.ckpt_path, folder, inference,
+                      [ONNX, *([ONNX_INT8] if cfg.int8 else [])] if cfg.package_onnx else [])
+    (folder / ONNX).with_suffix(".json").unlink(missing_ok=True)  # the check's report: in the log, not the package
+    print(f"Model package written to {folder}: use it with `python predict.py model={folder} input=<photos> "
+          f"output=<folder>` or Predictor.from_pretrained({str(folder)!r}).")
+    report["package"] = str(folder)
+    if cfg.push_to_hub:
+        with stages("upload"):
+            report["hub_url"] = push_to_hub(folder, cfg.push_to_hub)
+        print(f"Uploaded to the Hugging Face Hub: {report['hub_url']} (load it with model={cfg.push_to_hub}).")
     return report

@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from fashionseg.core.errors import ConfigError, DataError
@@ -90,11 +90,18 @@ def predict(cfg: DictConfig) -> dict:
     photos = list_photos(cfg.input)
     if not photos:
         raise DataError(f"No photos in {cfg.input} (looked for .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .gif).")
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path, onnx=cfg.get("onnx"), device=device, bf16=cfg.bf16,
-                                          channels_last=cfg.channels_last, tta_hflip=cfg.tta_hflip,
-                                          tta_scales=list(cfg.tta_scales), compile=cfg.compile)
+    tta = {k: (list(v) if k == "tta_scales" else v) for k in ("tta_hflip", "tta_scales")
+           if (v := cfg.get(k)) is not None}  # null: the model's own (a package's choice, else none)
+    predictor = Predictor.from_pretrained(cfg.ckpt_path, revision=cfg.get("revision"), onnx=cfg.get("onnx"),
+                                          device=device, bf16=cfg.bf16, channels_last=cfg.channels_last,
+                                          compile=cfg.compile, **tta)
     heads = {h.name: predictor.view(h.name) for h in predictor.heads}
-    refine: Refinement = single_refinement(cfg.get("postprocess"))
+    chosen = cfg.get("postprocess")
+    if predictor.refinement and (not chosen or list(chosen) == ["none"]):
+        log.info("Refinement %s, as the model package chose it on validation (postprocess=<another> to change it).",
+                 next(iter(predictor.refinement)))
+        chosen = OmegaConf.create(predictor.refinement)
+    refine: Refinement = single_refinement(chosen)
     out_dir = Path(cfg.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     if stale := remove_stale_temporaries(out_dir):
@@ -128,7 +135,7 @@ def predict(cfg: DictConfig) -> dict:
                                            cfg.boundaries)
                 written.append(files)
                 bar.update(1)
-    log.info("Labelled %d of %d photos into %s", len(written), len(photos), out_dir)
+    log.info("Labelled %d of %d photos; outputs written to %s", len(written), len(photos), out_dir)
     return {"photos": len(photos), "written": [[str(p) for p in w] for w in written], "failed": failed,
             "skipped": [str(p) for p in done], "output": str(out_dir)}
 

@@ -15,8 +15,9 @@ from torch import nn
 from torchmetrics import MaxMetric
 
 from fashionseg.core.heads import Head, head_targets, heads_from_names
-from fashionseg.inference.checkpoint import build_network, read_checkpoint
+from fashionseg.inference.checkpoint import build_network, load_network, read_checkpoint
 from fashionseg.inference.logits import check_scales, crop_and_resize, network_logits
+from fashionseg.inference.package import resolve
 from fashionseg.metrics import SplitMetrics, labels_from_scores
 from fashionseg.training.distill import Distiller
 
@@ -261,15 +262,24 @@ class SegmentationModule(L.LightningModule):
             "scheduler": scheduler, "monitor": self.hparams.scheduler_monitor, "interval": "epoch", "frequency": 1}}
 
 
-def load_checkpoint(path: str | Path, tta_hflip: bool = False, **overrides) -> SegmentationModule:
-    """Load a checkpoint written by train.py into a SegmentationModule in eval mode; ``overrides`` are
-    evaluation settings of the module (``tta_scales``, ``boundary_dilation``).
+def load_checkpoint(path: str | Path, tta_hflip: bool = False, revision: str | None = None,
+                    **overrides) -> SegmentationModule:
+    """Load a checkpoint written by train.py (or a model package folder or Hugging Face Hub id, at
+    ``revision``) into a SegmentationModule in eval mode; ``overrides`` are evaluation settings of the
+    module (``tta_scales``, ``boundary_dilation``).
 
     The encoder is built without pretrained weights (the checkpoint holds all of them), so loading never
     touches the network. For the network alone (prediction, export, a teacher), use
     ``fashionseg.inference.checkpoint.load_network``, which needs no training code.
     """
-    ckpt = read_checkpoint(path)
+    local = resolve(path, revision)
+    if local.is_dir():  # a model package: the network's weights, and the run config
+        trained = load_network(local)
+        module = SegmentationModule.from_config(trained.config, pretrained=False, tta_hflip=tta_hflip,
+                                                config=trained.config, **overrides)
+        module.net.load_state_dict(trained.net.state_dict(), strict=True)
+        return module.eval()
+    ckpt = read_checkpoint(local)
     config = ckpt["hyper_parameters"]["config"]
     module = SegmentationModule.from_config(config, pretrained=False, tta_hflip=tta_hflip, config=config, **overrides)
     module.load_state_dict(ckpt["state_dict"], strict=True)

@@ -160,6 +160,24 @@ def resume_config(cfg: DictConfig) -> DictConfig:
     return resumed
 
 
+def run_summary(cfg: DictConfig, module: SegmentationModule, datamodule) -> str:
+    """The run in three lines (extras.print_config); the whole config is in <run dir>/.hydra/config.yaml."""
+    net, data = cfg.model.net, cfg.data
+    encoder = f"{net.encoder_name}, " if net.get("encoder_name") else ""
+    params = sum(p.numel() for p in module.net.parameters()) / 1e6
+    size = "x".join(map(str, data.image_size)) if data.get("image_size") else "native size"
+    sizes = "/".join(str(v) for v in split_sizes(datamodule.ids).values()) if "sets" not in data else "several sets"
+    loss = str(cfg.loss.get("_target_", "?")).rsplit(".", 1)[-1]
+    log_file = f"{HydraConfig.get().job.name}.log" if HydraConfig.initialized() else "none"
+    return "\n".join([
+        f"Run: model={cfg.model.name} ({encoder}{params:.1f} M parameters), task={cfg.task.name} "
+        f"({cfg.task.num_classes} classes), loss={loss}",
+        f"  data {data.get('name', 'data')}: {sizes} train/val/test photos at {size}, batch {data.get('batch_size')}; "
+        f"{cfg.trainer.max_epochs} epochs, lr {OmegaConf.select(cfg, 'optimizer.lr')}, {cfg.trainer.precision}",
+        f"  run folder {cfg.paths.output_dir} (config: .hydra/config.yaml, log: {log_file})",
+    ])
+
+
 def assign_run_ids(cfg: DictConfig) -> None:
     """Give loggers that resume by id (W&B) a fixed id, stored in every checkpoint's config."""
     for logger_cfg in (cfg.get("logger") or {}).values():
@@ -174,6 +192,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     if (finished := relaunch(cfg)) is not None:  # a finished run in this folder: kept, and skipped
         return stored_metric(finished, cfg.get("optimized_metric")), finished
     cfg = resume_config(cfg)
+    if cfg.get("ckpt_path"):  # read safely (never runs code), before anything else, as Lightning will in fit()
+        read_stored_config(Path(cfg.ckpt_path))
     validate(cfg)
     if cfg.get("distill"):
         teacher_path(cfg.distill)  # the teacher exists, before any data is read
@@ -190,13 +210,16 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     loss_cfg = resolve_auto_weights(cfg.loss, datamodule)
     module = SegmentationModule.from_config(cfg, loss_cfg)
     attach_distiller(cfg, module, datamodule)
+    if (cfg.get("extras") or {}).get("print_config"):
+        log.info(run_summary(cfg, module, datamodule))
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")),
         logger=instantiate_dict(cfg.get("logger"), "logger") or False,
     )
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # Lightning reads the resumed checkpoint again, as read_checkpoint does: tensors and plain values only.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except SIGTERMException:  # Lightning's, a SystemExit with status 0: a scheduler would take the run as done
         raise Interrupted(
             f"Received SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}: stopped, "
@@ -212,7 +235,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     if cfg.get("test"):
         if not best:
             log.warning("No best checkpoint (fast_dev_run or no validation): testing the current weights.")
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
 
     results = {
         "task": cfg.task.name,
