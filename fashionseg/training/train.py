@@ -173,7 +173,8 @@ def run_summary(cfg: DictConfig, module: SegmentationModule, datamodule) -> str:
         f"Run: model={cfg.model.name} ({encoder}{params:.1f} M parameters), task={cfg.task.name} "
         f"({cfg.task.num_classes} classes), loss={loss}",
         f"  data {data.get('name', 'data')}: {sizes} train/val/test photos at {size}, batch {data.get('batch_size')}; "
-        f"{cfg.trainer.max_epochs} epochs, lr {OmegaConf.select(cfg, 'optimizer.lr')}, {cfg.trainer.precision}",
+        f"{cfg.trainer.max_epochs} epoch{'' if cfg.trainer.max_epochs == 1 else 's'}, "
+        f"lr {OmegaConf.select(cfg, 'optimizer.lr')}, {cfg.trainer.precision}",
         f"  run folder {cfg.paths.output_dir} (config: .hydra/config.yaml, log: {log_file})",
     ])
 
