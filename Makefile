@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
 	# torch first, pinned: these wheels are local on the reference machines (see README).
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[pretrained,refine,tracking,deploy,dev,docs]"
+	$(PY) -m pip install -q -e ".[pretrained,data,refine,tracking,deploy,dev,docs]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -74,10 +74,18 @@ class FashionDataModule(L.LightningDataModule):
                 raise ConfigError(f"data.labels has no pattern for task.label={kind!r}; it has {sorted(labels)}.")
         self.labels_pattern = self.labels_patterns[0]  # the first kind's (the only one of a single task)
         self.images_pattern = images
-        if label_map and len(self.kinds) > 1:
+        # One mapping ({value: class}), or one per kind of label ({person: {...}, clothes: {...}}): a set whose
+        # single label file per photo serves every task (the public sets, conf/data/lip.yaml).
+        per_kind = bool(label_map) and all(isinstance(k, str) and not k.isdigit() for k in label_map)
+        if label_map and not per_kind and len(self.kinds) > 1:
             raise ConfigError(f"data.label_map translates one kind of label map; task.label={self.kinds} reads "
-                              f"{len(self.kinds)}. Give the set label files in the tasks' own numbering.")
-        self.label_map = LabelMap(dict(label_map), unmapped, ignore_index) if label_map else None
+                              f"{len(self.kinds)}. Give one mapping per kind ({{{self.kinds[0]}: {{...}}, ...}}), or "
+                              "label files in the tasks' own numbering.")
+        if per_kind and (missing := [k for k in self.kinds if k not in label_map]):
+            raise ConfigError(f"data.label_map has mappings for {sorted(label_map)}, none for task.label={missing}.")
+        maps = {k: label_map[k] for k in self.kinds} if per_kind else {self.kinds[0]: label_map} if label_map else {}
+        self.label_maps = {k: LabelMap(dict(m), unmapped, ignore_index) for k, m in maps.items()}
+        self.label_map = self.label_maps.get(self.kinds[0])
         self.image_size = list(image_size) if image_size is not None else None
         self.split = {k: [str(i) for i in v] for k, v in split.items()} if isinstance(split, Mapping) else list(split)
         self.size_multiple, self.seed = size_multiple, seed
@@ -113,7 +121,8 @@ class FashionDataModule(L.LightningDataModule):
         # Raises once, listing every bad file.
         arrays = load_all(samples, self.classes[0], self.ignore_index, self.label_map)
         if more:  # one map of each kind per photo, stacked as (H, W, kinds)
-            others = [load_all(m, k, self.ignore_index) for m, k in zip(more, self.classes[1:])]
+            others = [load_all(m, k, self.ignore_index, self.label_maps.get(kind))
+                      for m, k, kind in zip(more, self.classes[1:], self.kinds[1:])]
             arrays = [(image, np.stack([label, *(o[i][1] for o in others)], -1))
                       for i, (image, label) in enumerate(arrays)]
         for name, idx in zip(SUBSETS, parts):
