@@ -122,6 +122,31 @@ def test_optuna_two_trials(data_root, tmp_path):
     best = (sweep / "optimization_results.yaml").read_text()
     assert "best_params" in best and "best_value" in best
     assert len(summarize(sweep)["jobs"]) == 2
+    # The study is in an SQLite file in the sweep folder, and the log says so.
+    assert (sweep / "optuna.db").is_file() and f"Storage: sqlite:///{sweep}/optuna.db" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow  # three sweeps of tiny trainings, two at once
+def test_two_processes_share_one_optuna_study_and_a_relaunch_adds_to_it(data_root, tmp_path):
+    import optuna
+
+    sweep = tmp_path / "shared"
+    args = ["hparams_search=optuna", *sweep_overrides(data_root, tmp_path), f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline"}
+    workers = [subprocess.Popen([sys.executable, "train.py", "-m", *args, "hydra.sweeper.n_trials=2",
+                                 f"hydra.sweeper.sampler.seed={seed}"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for seed in (1, 2)]
+    for worker in workers:
+        out = worker.communicate(timeout=600)[0]
+        assert worker.returncode == 0, out[-3000:]
+    study = optuna.load_study(study_name="fashionseg", storage=f"sqlite:///{sweep}/optuna.db")
+    numbers = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(numbers) == [0, 1, 2, 3]  # 2 + 2 trials, no number twice
+    assert len(list(sweep.glob("*/results.json"))) == 4  # each trial in a folder of its own
+    again = run_train([*args, "hydra.sweeper.n_trials=1"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = optuna.load_study(study_name="fashionseg", storage=f"sqlite:///{sweep}/optuna.db")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 5
 
 
 def test_ddp_two_cpu_processes(data_root, tmp_path):
@@ -176,3 +201,15 @@ def test_sweep_file_drives_train_py_with_hydra_overrides():
                 assert cfg.loss == compose_cfg("train", [f"loss={value}"]).loss and "_target_" in cfg.loss
             else:
                 assert OmegaConf.select(cfg, key) == yaml.safe_load(str(value)), (key, value)
+
+
+@pytest.mark.slow  # two local processes through submitit
+def test_a_sweep_through_the_submitit_local_launcher_finds_both_jobs_results(data_root, tmp_path):
+    sweep = tmp_path / "submitit"
+    proc = run_train(["-m", "hydra/launcher=local", *sweep_overrides(data_root, tmp_path), "optimizer.lr=1e-3,3e-4",
+                      f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    assert [r["config"]["optimizer"]["lr"] for r in results] == [1e-3, 3e-4]
+    assert list(sweep.glob(".submitit/*/*_result.pkl")), "submitit ran the jobs"
+    assert len(load_script("summarize_runs").summarize(sweep)["jobs"]) == 2

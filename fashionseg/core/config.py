@@ -4,6 +4,7 @@ before any data is read or any file is written."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -139,9 +140,11 @@ def check_writable(directory: str | Path) -> Path:
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write_test"
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
+        # A probe of its own: processes launched into one folder at once (workers of a shared sweep) each check.
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"0" * 4096)
+        os.unlink(probe)
     except OSError as e:
         raise ConfigError(
             f"Cannot write to the output directory {directory}: {e.strerror}. Choose another with "
