@@ -77,6 +77,31 @@ class RunDirectoryCheck(Callback):
             raise SystemExit(f"ConfigError: {e}") from None
 
 
+class OptunaStorage(Callback):
+    """Hydra callback of ``hparams_search=optuna``: create the study's storage (its tables) before the sweeper opens
+    it. Optuna's RDB storage sets its schema up without a lock, so two processes starting together on a new SQLite
+    file would have one fail (a UNIQUE constraint on alembic_version); here the loser waits and opens it again."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        url = config.hydra.sweeper.get("storage")
+        if not isinstance(url, str):
+            return
+        import random
+        import time
+
+        import optuna
+        from sqlalchemy.exc import SQLAlchemyError
+
+        for attempt in range(30):
+            try:
+                optuna.storages.RDBStorage(url)
+                return
+            except SQLAlchemyError:
+                if attempt == 29:
+                    raise
+                time.sleep(0.1 + random.random() * 0.4)
+
+
 def user_error(e: BaseException) -> FashionsegError | None:
     """The user error behind ``e``: a FashionsegError itself, one that Hydra's ``instantiate`` wrapped ("Error in
     call to target ..."), or a mandatory value left out (``ckpt_path: ???``); None for anything else."""

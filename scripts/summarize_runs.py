@@ -6,6 +6,9 @@ Writes summary.txt (the printed table), summary.csv and summary.png (the metric 
 swept parameter) into the sweep directory (or --out). Jobs that failed or are still running are
 listed at the bottom with their state. Sorting uses the validation mIoU by default: the test
 split never selects models.
+
+An Optuna sweep's study (`hparams_search=optuna`: `<sweep>/optuna.db`, shared by every process that ran
+trials of it) is read too: its trials by state, its best trial, and study.png (the optimisation history).
 """
 
 from __future__ import annotations
@@ -91,6 +94,41 @@ def plot(jobs: list[dict], swept: list[str], metric: str, path: Path) -> None:
     plt.close(fig)
 
 
+def study_summary(sweep: Path, out: Path) -> dict | None:
+    """The Optuna study in ``<sweep>/optuna.db`` (every process's trials), or None when there is none."""
+    storage = sweep / "optuna.db"
+    if not storage.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+
+    url = f"sqlite:///{storage}"
+    summaries = optuna.get_all_study_summaries(storage=url)
+    study = optuna.load_study(study_name=summaries[0].study_name, storage=url)
+    states: dict[str, int] = {}
+    for trial in study.trials:
+        states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value) if complete else None
+    if complete:
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        ax.scatter([t.number for t in complete], [100 * t.value for t in complete], label="trial")
+        running = [max(100 * t.value for t in complete[: i + 1]) for i in range(len(complete))]
+        ax.step([t.number for t in complete], running, where="post", color="C1", label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel("objective (%)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "study.png", dpi=110)
+        plt.close(fig)
+    return {"study": study.study_name, "storage": url, "trials": states,
+            "best": {"number": best.number, "value": best.value, "params": best.params} if best else None}
+
+
 def summarize(sweep: str | Path, sort: str = "val_miou", out: str | Path | None = None) -> dict:
     sweep = Path(sweep)
     if not sweep.is_dir():
@@ -117,7 +155,13 @@ def summarize(sweep: str | Path, sort: str = "val_miou", out: str | Path | None 
     print(text)
     print(f"\n{len(jobs)} jobs, {sum(j['state'] == 'done' for j in jobs)} done; "
           f"written {out / 'summary.txt'}, summary.csv, summary.png")
-    return {"jobs": jobs, "swept": swept, "table": text}
+    study = study_summary(sweep, out)
+    if study:
+        best = study["best"]
+        print(f"Optuna study {study['study']} ({study['storage']}): trials {study['trials']}"
+              + (f"; best trial {best['number']}: {100 * best['value']:.2f}% with {best['params']}" if best else "")
+              + f"; history in {out / 'study.png'}")
+    return {"jobs": jobs, "swept": swept, "table": text, "study": study}
 
 
 def main(argv: list[str] | None = None) -> dict:

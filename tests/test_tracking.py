@@ -122,8 +122,9 @@ def test_optuna_two_trials(data_root, tmp_path):
     best = (sweep / "optimization_results.yaml").read_text()
     assert "best_params" in best and "best_value" in best
     assert len(summarize(sweep)["jobs"]) == 2
-    # The study is in an SQLite file in the sweep folder, and the log says so.
+    # The study is in an SQLite file in the sweep folder, and the log says so; the summary reads it.
     assert (sweep / "optuna.db").is_file() and f"Storage: sqlite:///{sweep}/optuna.db" in proc.stdout + proc.stderr
+    assert summarize(sweep)["study"]["trials"] == {"complete": 2}
 
 
 @pytest.mark.slow  # three sweeps of tiny trainings, two at once
@@ -147,6 +148,9 @@ def test_two_processes_share_one_optuna_study_and_a_relaunch_adds_to_it(data_roo
     assert again.returncode == 0, again.stderr[-3000:]
     study = optuna.load_study(study_name="fashionseg", storage=f"sqlite:///{sweep}/optuna.db")
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 5
+    summary = load_script("summarize_runs").summarize(sweep)  # every process's trials, from the study
+    assert summary["study"]["trials"] == {"complete": 5} and len(summary["jobs"]) == 5
+    assert (sweep / "study.png").is_file()
 
 
 def test_ddp_two_cpu_processes(data_root, tmp_path):
