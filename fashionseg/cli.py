@@ -64,9 +64,11 @@ class RunDirectoryCheck(Callback):
         """The .hydra files of every folder that holds a training run (a results.json or checkpoints)."""
         if subdir is None or job != "train":
             return
+        from fashionseg.training.rundir import holds_run  # the training layer, for train.py's folders only
+
         for folder in folders:
             record = folder / subdir
-            if record.is_dir() and ((folder / "results.json").is_file() or any(folder.glob("checkpoints/*.ckpt"))):
+            if record.is_dir() and holds_run(folder):
                 self.previous[str(folder.resolve())] = {p.name: p.read_bytes() for p in record.glob("*.yaml")}
 
     @staticmethod

@@ -24,22 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from fashionseg.training.module import untrained_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
+# The default model on the person task, without pretrained weights (offline): untrained_checkpoint's network.
+DEFAULT_PERSON = ["task=person", "model.net.encoder_weights=null"]
 SETTINGS = {"before": ["exporter=dynamo", "int8_format=qoperator"],
             "after": ["exporter=torchscript", "int8_format=qdq"]}
-
-
-def untrained_checkpoint(path: Path) -> Path:
-    """A person checkpoint of the default model, untrained (what `make train-person` starts from)."""
-    import torch
-
-    from fashionseg.core.config import compose_config
-    from fashionseg.training.module import SegmentationModule
-
-    cfg = compose_config("train", ["task=person", "model.net.encoder_weights=null", f"paths.output_dir={path.parent}"])
-    module = SegmentationModule.from_config(cfg)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = args.ckpt or str(untrained_checkpoint(Path(tmp) / "person.ckpt"))
+        ckpt = args.ckpt or str(untrained_checkpoint(Path(tmp) / "person.ckpt", DEFAULT_PERSON))
         for name in args.settings:
             out = Path(tmp) / name
             cmd = [sys.executable, "export.py", f"ckpt_path={ckpt}", f"output={out / 'model.onnx'}", "int8=true",

@@ -44,7 +44,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from fashionseg.training.module import untrained_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
+# The default model on the person task, without pretrained weights (offline): untrained_checkpoint's network.
+DEFAULT_PERSON = ["task=person", "model.net.encoder_weights=null"]
 
 HOST = "127.0.0.1"  # the only address this script talks to
 KINDS = ["good", "not_image", "pixels_36mp", "good", "body_length", "no_file", "good", "body_chunked", "good_24mp"]
@@ -61,19 +65,6 @@ def jpeg(h: int, w: int, seed: int = 0) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=80)
     return buffer.getvalue()
-
-
-def untrained_checkpoint(path: Path) -> Path:
-    """A person checkpoint of the default model (DeepLabv3+), untrained: what the demo loads, minus training."""
-    import torch
-
-    from fashionseg.core.config import compose_config
-    from fashionseg.training.module import SegmentationModule
-
-    cfg = compose_config("train", ["task=person", "model.net.encoder_weights=null", f"paths.output_dir={path.parent}"])
-    module = SegmentationModule.from_config(cfg)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
 
 
 def free_port() -> int:
@@ -177,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     photos = {"good": jpeg(600, 400), "good_24mp": jpeg(6000, 4000, 1), "pixels_36mp": jpeg(6000, 6000, 2),
               "size_1x1": jpeg(1, 1, 3), "size_300x200": jpeg(300, 200, 4), "size_900x600": jpeg(900, 600, 5)}
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = args.ckpt or str(untrained_checkpoint(Path(tmp) / "person.ckpt"))
+        ckpt = args.ckpt or str(untrained_checkpoint(Path(tmp) / "person.ckpt", DEFAULT_PERSON))
         port = free_port()
         server = subprocess.Popen([sys.executable, "app.py", f"checkpoints.person={ckpt}", f"host={HOST}",
                                    f"port={port}", "max_upload_mb=10", "max_pixels=25000000"],

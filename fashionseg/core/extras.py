@@ -26,13 +26,12 @@ def apply_extras(extras: Mapping | None) -> None:
         warnings.filterwarnings("ignore", module=r"(?!fashionseg)")
     import lightning.pytorch  # noqa: F401  (it adds its console handlers on import: import first, then adjust)
 
-    for name in LIGHTNING_LOGGERS:
-        logger = logging.getLogger(name)
-        if extras.get("single_log_lines"):  # Hydra's handlers (console and the job's log) print them once
+    if extras.get("single_log_lines"):  # Hydra's handlers (console and the job's log) print them once
+        for name in LIGHTNING_LOGGERS:
+            logger = logging.getLogger(name)
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)
             logger.propagate = True
-        if extras.get("lightning_tips") is False and not any(isinstance(f, DropLightningTips) for f in logger.filters):
-            logger.addFilter(DropLightningTips())
-    if extras.get("lightning_tips") is False:
-        logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(DropLightningTips())
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # rank_zero_info logs the tips here
+    if extras.get("lightning_tips") is False and not any(isinstance(f, DropLightningTips) for f in tips.filters):
+        tips.addFilter(DropLightningTips())

@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
@@ -104,15 +105,20 @@ def list_photos(path: str | Path) -> list[Path]:
     raise DataError(f"Input {path} does not exist; give a photo or a folder of photos.")
 
 
-def save_atomic(im: Image.Image, path: str | Path, **options) -> Path:
-    """Save a picture under ``path`` all at once: written to a hidden temporary file in the same folder, then
-    renamed over ``path``. A kill at any moment leaves the old file or the new one, never a truncated one."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None], fsync: bool = False) -> Path:
+    """Write a file all at once: ``write(f)`` fills a hidden temporary file in the same folder
+    (``.<name>.<random>.tmp``), which is then renamed over ``path``. A kill at any moment leaves the old file or
+    the new one, never a truncated one; ``fsync``: flushed to disk before the rename (checkpoints)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            im.save(f, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), **options)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -120,8 +126,21 @@ def save_atomic(im: Image.Image, path: str | Path, **options) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_atomic(im: Image.Image, path: str | Path, **options) -> Path:
+    """Save a picture under ``path`` all at once (``write_atomic``), in the format its suffix names."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    return write_atomic(path, lambda f: im.save(f, format=fmt, **options))
+
+
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files of ``save_atomic`` that a killed process left in ``folder``."""
+    """Delete the temporary files of ``write_atomic`` (pictures, checkpoints) that a killed process left in
+    ``folder``: never a complete file, since a write renames its temporary over the target only once it is whole."""
     stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)

@@ -78,12 +78,6 @@ def _ids(root: Path, pattern: str) -> list[str]:
     return sorted(m.group(1) for m in matches if m)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Decode a photo to an RGB uint8 array (H, W, 3), whatever its mode, upright as its EXIF orientation says:
-    the one rule of predict.py, the demo, training and evaluation (``fashionseg.core.io.read_photo``)."""
-    return read_photo(path)
-
-
 def read_label(path: Path, num_classes: int, ignore_index: int | None = None,
                label_map: LabelMap | None = None) -> np.ndarray:
     """Decode a label PNG as class indices (H, W) uint8 and check every value is a class or ``ignore_index``.
@@ -116,7 +110,7 @@ def read_label(path: Path, num_classes: int, ignore_index: int | None = None,
 def load_sample(sample: Sample, num_classes: int, ignore_index: int | None = None,
                 label_map: LabelMap | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode and cross-check one sample: image (H, W, 3) and label (H, W) of the same size."""
-    image = read_image(sample.image)
+    image = read_photo(sample.image)  # upright, as its EXIF orientation says: the one rule everywhere
     label = read_label(sample.label, num_classes, ignore_index, label_map)
     if image.shape[:2] != label.shape:
         size = f"{image.shape[1]}x{image.shape[0]} (WxH)"

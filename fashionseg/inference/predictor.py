@@ -88,8 +88,7 @@ class Predictor:
         """Network, classes, palette and input size all come from a train.py checkpoint (or a model package
         folder or Hub id, see ``from_pretrained``). ``onnx``: an exported file of its network (export.py, e.g.
         its int8 file), run by ONNX Runtime in its place."""
-        trained = load_network(path)
-        return cls.from_network(trained.net, trained.config, onnx, **kwargs)
+        return cls.from_pretrained(path, onnx=onnx, **kwargs)
 
     @classmethod
     def from_pretrained(cls, source: str | Path, revision: str | None = None, onnx: str | Path | None = None,

@@ -3,9 +3,11 @@ int8 quantization (ONNX Runtime, calibrated on training photos), and ONNX Runtim
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -116,16 +118,16 @@ def quantize_onnx(path: str | Path, out: str | Path, calibration: Iterable[torch
     out.parent.mkdir(parents=True, exist_ok=True)
     quiet = FromPackage("onnxruntime")  # it logs a WARNING per tensor it leaves in float, on the root logger
     logging.getLogger().addFilter(quiet)
-    with tempfile.TemporaryDirectory(prefix="fashionseg-quant-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"  # graph optimized (batch-norm folded) and shapes inferred
-        # Symbolic shape inference is for transformers; where it fails it dumps a file in the working folder.
-        quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
-        try:
+    try:
+        with tempfile.TemporaryDirectory(prefix="fashionseg-quant-") as tmp:
+            prepared = Path(tmp) / "prepared.onnx"  # graph optimized (batch-norm folded) and shapes inferred
+            # Symbolic shape inference is for transformers; where it fails it dumps a file in the working folder.
+            quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
             fmt = QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator
             quantize_static(str(prepared), str(out), Batches(), quant_format=fmt, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        finally:
-            logging.getLogger().removeFilter(quiet)
+    finally:
+        logging.getLogger().removeFilter(quiet)
     return out
 
 
@@ -134,7 +136,7 @@ class FromPackage(logging.Filter):
 
     def __init__(self, package: str):
         super().__init__()
-        self.folder = f"{package}{__import__('os').sep}"
+        self.folder = f"{package}{os.sep}"
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.ERROR or self.folder not in record.pathname
@@ -194,24 +196,17 @@ class Stages:
              "onnxruntime", "root")
 
     def __init__(self, names: Sequence[str]):
-        self.names, self.done, self.times = list(names), 0, {}
+        self.names, self.times = list(names), {}
         for name in self.QUIET:
             logging.getLogger(name).setLevel(logging.WARNING)
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        stages = self
-
-        class Stage:
-            def __enter__(self):
-                self.start = time.perf_counter()
-                print(f"[{stages.names.index(name) + 1}/{len(stages.names)}] {name} ...", flush=True)
-
-            def __exit__(self, *exc):
-                stages.times[name] = round(time.perf_counter() - self.start, 1)
-                if exc[0] is None:
-                    print(f"      {name}: {stages.times[name]:.1f} s", flush=True)
-
-        return Stage()
+        print(f"[{self.names.index(name) + 1}/{len(self.names)}] {name} ...", flush=True)
+        start = time.perf_counter()
+        yield
+        self.times[name] = round(time.perf_counter() - start, 1)
+        print(f"      {name}: {self.times[name]:.1f} s", flush=True)
 
 
 def export_checked(cfg, trained, out: Path, stages: Stages) -> dict:

@@ -54,7 +54,8 @@ def package_metrics(results: dict | None, split: Path | None, ckpt_path: Path) -
     return {"checkpoint": ckpt_path.name, "note": note, "test": (results or {}).get("test"),
             "val_miou_best": (results or {}).get("val_miou_best"),
             "split_manifest": split.name if split else None,
-            "split_sha256": hashlib.sha256(split.read_bytes()).hexdigest() if split else None}
+            "split_sha256": hashlib.sha256(split.read_bytes()).hexdigest() if split else None,
+            "test_photos": len(json.loads(split.read_text()).get("test", [])) if split else None}
 
 
 def scores_table(test: dict | None, class_names: list[str]) -> str:
@@ -90,8 +91,8 @@ def model_card(trained: TrainedNetwork, metrics: dict, inference: dict, command:
         "task": task, "class_count": len(names), "classes": ", ".join(names),
         "architecture": f"{model}" + (f" with a {encoder} encoder" if encoder else ""),
         "input_size": "x".join(map(str, data.image_size)) if data.get("image_size") else "the photo's own size",
-        "dataset": dataset, "test_photos": len(json.loads(Path(metrics["_split_path"]).read_text()).get("test", []))
-        if metrics.get("_split_path") else "?", "split_hash": metrics.get("split_sha256") or "unknown",
+        "dataset": dataset, "test_photos": metrics.get("test_photos") or "?",
+        "split_hash": metrics.get("split_sha256") or "unknown",
         "scores_table": scores_table(test, names),
         "refinement_line": f"Test-time options chosen on validation, stored in config.yaml and applied by "
                            f"`from_pretrained`: flip {inference.get('tta_hflip')}, scales {inference.get('tta_scales')}"
@@ -123,8 +124,7 @@ def write_package(trained: TrainedNetwork, ckpt_path: str | Path, folder: str | 
     command = "python train.py " + " ".join(overrides) if overrides is not None else \
         (f"python train.py model={run['model']['name']} task={run['task']['name']}   # the command line was not "
          "recorded (no .hydra/overrides.yaml beside the run): the whole config is config.yaml's `run`")
-    card = model_card(trained, {**metrics, "_split_path": str(split) if split else None}, inference, command,
-                      str(folder), list(onnx))
+    card = model_card(trained, metrics, inference, command, str(folder), list(onnx))
     (folder / CARD).write_text(card)
     return folder
 

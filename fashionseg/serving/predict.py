@@ -112,7 +112,8 @@ def predict(cfg: DictConfig) -> dict:
     if done:
         log.info("skip_existing: %d of %d photo(s) already have every output in %s; labelling the other %d.",
                  len(done), len(photos), out_dir, len(photos) - len(done))
-    todo = [path for path in photos if path not in set(done)]
+    skipped = set(done)
+    todo = [path for path in photos if path not in skipped]
     written, failed = [], {}
     with tqdm(total=len(todo), desc="predict", unit="photo", disable=len(todo) <= 1) as bar:
         for group in batches(todo, cfg.batch_size):

@@ -32,8 +32,8 @@ from torch import nn
 
 from fashionseg.core.errors import ConfigError, DataError
 from fashionseg.core.heads import Head, head_targets, heads_from_names
+from fashionseg.core.io import read_photo
 from fashionseg.data.datamodule import SUBSETS
-from fashionseg.data.dataset import read_image
 from fashionseg.data.multiset import primary_data_config
 from fashionseg.inference.checkpoint import load_network
 from fashionseg.inference.logits import network_logits
@@ -262,7 +262,7 @@ def write_teacher_logits(ckpt: str | Path, out: str | Path, subset: str = "train
                         "--data-root <the folder holding images/>.")
     (out / "logits").mkdir(parents=True, exist_ok=True)
     for start in range(0, len(ids), batch_size):
-        photos = [read_image(f) for f in files[start:start + batch_size]]
+        photos = [read_photo(f) for f in files[start:start + batch_size]]
         for n, scores in enumerate(predictor.scores(photos), start):
             np.save(out / "logits" / f"{n}.npy", scores.permute(1, 2, 0).numpy().astype(np.float16))
     (out / "split.json").write_text(json.dumps(split, indent=1))

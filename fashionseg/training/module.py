@@ -284,3 +284,16 @@ def load_checkpoint(path: str | Path, tta_hflip: bool = False, revision: str | N
     module = SegmentationModule.from_config(config, pretrained=False, tta_hflip=tta_hflip, config=config, **overrides)
     module.load_state_dict(ckpt["state_dict"], strict=True)
     return module.eval()
+
+
+def untrained_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Write a checkpoint as train.py does (config + weights) of the untrained network of ``train.yaml`` composed
+    with ``overrides``: the same network as a trained one, so the same cost, for benchmarks that time it."""
+    from fashionseg.core.config import compose_config
+
+    path = Path(path)
+    cfg = compose_config("train", [*overrides, f"paths.output_dir={path.parent}"])
+    module = SegmentationModule.from_config(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path

@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from fashionseg.core.errors import ConfigError
+from fashionseg.core.io import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +39,15 @@ def checkpoint_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
-def remove_stale_temporaries(out_dir: str | Path) -> None:
-    """Delete what a killed checkpoint save left (``.<name>.ckpt.<random>.tmp``, see ``AtomicCheckpointIO``):
-    never a complete checkpoint, since a save renames its temporary over the target only once it is whole."""
-    for tmp in checkpoint_dir(out_dir).glob(".*.ckpt.*.tmp"):
-        log.info("Removing %s, left by a checkpoint save that was killed.", tmp)
-        tmp.unlink(missing_ok=True)
-
-
 def complete_checkpoints(out_dir: str | Path) -> list[Path]:
     """The run's checkpoint files that are whole (a zip archive, as torch.save writes), newest first."""
     files = [p for p in checkpoint_dir(out_dir).glob("*.ckpt") if p.is_file() and zipfile.is_zipfile(p)]
     return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def holds_run(out_dir: str | Path) -> bool:
+    """Whether a folder holds a training run, finished (results.json) or not (checkpoints)."""
+    return (Path(out_dir) / RESULTS).is_file() or bool(complete_checkpoints(out_dir))
 
 
 def last_checkpoint(out_dir: str | Path) -> Path | None:
@@ -91,13 +89,11 @@ def relaunch(cfg: DictConfig) -> dict | None:
     """Decide what this launch does with what its run folder holds. Returns a finished run's results (the job is
     then skipped), else None, with ``cfg.ckpt_path`` set to ``last`` when an unfinished run is to be resumed."""
     out_dir = Path(cfg.paths.output_dir)
-    remove_stale_temporaries(out_dir)
+    for tmp in remove_stale_temporaries(checkpoint_dir(out_dir)):
+        log.info("Removed %s, left by a checkpoint save that was killed.", tmp)
+    if cfg.get("ckpt_path") is not None or not holds_run(out_dir):
+        return None
     finished = (out_dir / RESULTS).is_file()
-    if cfg.get("ckpt_path") is not None:
-        return None
-    unfinished = not finished and bool(complete_checkpoints(out_dir))
-    if not (finished or unfinished):
-        return None
     before = previous_overrides(out_dir)
     now = _meaningful(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
     if before is not None and now is not None and before != now:

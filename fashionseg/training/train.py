@@ -112,6 +112,8 @@ def resume_config(cfg: DictConfig) -> DictConfig:
     moved run folder resumes into itself and never touches the original.
     """
     if cfg.get("ckpt_path") != "last":
+        if cfg.get("ckpt_path"):  # another run's file: read safely (never runs code) before anything, as fit() will
+            read_stored_config(Path(cfg.ckpt_path))
         return cfg
     out_dir = str(cfg.paths.output_dir)
     path = last_checkpoint(out_dir)
@@ -193,8 +195,6 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     if (finished := relaunch(cfg)) is not None:  # a finished run in this folder: kept, and skipped
         return stored_metric(finished, cfg.get("optimized_metric")), finished
     cfg = resume_config(cfg)
-    if cfg.get("ckpt_path"):  # read safely (never runs code), before anything else, as Lightning will in fit()
-        read_stored_config(Path(cfg.ckpt_path))
     validate(cfg)
     if cfg.get("distill"):
         teacher_path(cfg.distill)  # the teacher exists, before any data is read
