@@ -8,7 +8,7 @@ export FASHIONSEG_DATA
 # mkdocs-material's notice about a future MkDocs 2, printed at every build: the build pins mkdocs 1.x.
 export DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1
 
-.PHONY: install browser lint docs docs-build train train-person test test-all bench-speed bench-export bench-accuracy bench-architectures clean
+.PHONY: install browser lint docs docs-build train train-person test test-all bench-speed bench-export bench-data bench-accuracy bench-architectures clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ bench-speed: install
 # export.py end to end (fp32 + int8 of the default model) with the TorchScript and the dynamo exporter.
 bench-export: install
 	$(PY) scripts/benchmark_export.py $(ARGS)
+
+# Peak memory of one epoch's data, in memory against streamed shards, at 600 and 20,000 photos (docs/cluster.md).
+bench-data: install
+	$(PY) scripts/benchmark_data_memory.py --data $(FASHIONSEG_DATA) $(ARGS)
 
 # Trains every recipe of the results table (about 1.5 h on 2 CPU cores); reuses finished runs.
 bench-accuracy: install

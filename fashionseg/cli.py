@@ -119,6 +119,25 @@ def user_error(e: BaseException) -> FashionsegError | None:
     return None
 
 
+def submitit_distributed_env() -> None:
+    """A job that submitit's local executor (``hydra/launcher=local``) started as one of several tasks
+    (``hydra.launcher.tasks_per_node=2``, with ``trainer=ddp trainer.devices=2``): give Lightning its place in
+    the process group through the variables of processes started by another launcher (``MASTER_ADDR``,
+    ``MASTER_PORT``, ``WORLD_SIZE``, ``NODE_RANK``, ``LOCAL_RANK``), which its ``LightningEnvironment`` reads,
+    so that it joins the group instead of starting processes itself. On SLURM Lightning reads SLURM's own
+    variables (``SLURMEnvironment``), and nothing is set here."""
+    if "SUBMITIT_LOCAL_JOB_ID" not in os.environ or "SLURM_JOB_ID" in os.environ:
+        return
+    import submitit
+
+    env = submitit.JobEnvironment()
+    if env.num_tasks < 2:
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(20000 + int(env.job_id) % 20000))
+    os.environ.update(WORLD_SIZE=str(env.num_tasks), NODE_RANK=str(env.node), LOCAL_RANK=str(env.local_rank))
+
+
 def run(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run an entry point's job. A user error (``user_error``: bad data, config or input) is logged once, as
     one line (console and the job's log, where scripts/summarize_runs.py finds it): a single run then exits
@@ -126,6 +145,7 @@ def run(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     goes on. ``Interrupted`` (SIGTERM) ends the process with status 143, sweep or not. Other errors keep
     their traceback."""
     apply_extras(cfg.get("extras"))
+    submitit_distributed_env()
     try:
         return job(cfg)
     except Interrupted as e:  # a signal asked the process to stop: a sweep stops too, and the job counts as failed

@@ -1,5 +1,9 @@
 """Test-only components that configs can name by ``_target_``."""
 
+import json
+from pathlib import Path
+
+import lightning as L
 import torch
 
 from fashionseg.training.losses import CrossEntropy
@@ -63,3 +67,15 @@ class SigtermAtStep:
                     os.kill(os.getpid(), signal.SIGTERM)
 
         return Sender()
+
+
+class SeenIds(L.Callback):
+    """Appends the ids of every training batch, with the epoch, to ``<folder>/seen-<global rank>.jsonl``."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"seen-{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": trainer.current_epoch, "ids": list(batch["id"])}) + "\n")

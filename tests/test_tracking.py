@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +155,7 @@ def test_two_processes_share_one_optuna_study_and_a_relaunch_adds_to_it(data_roo
     assert (sweep / "study.png").is_file()
 
 
+@pytest.mark.slow  # two processes; the default set's time goes to single-process runs
 def test_ddp_two_cpu_processes(data_root, tmp_path):
     out = tmp_path / "ddp"
     overrides = [o for o in small_overrides(data_root, out)]
@@ -161,6 +164,7 @@ def test_ddp_two_cpu_processes(data_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["test"]["miou"] > 0 and results["config"]["trainer"]["strategy"] == "ddp"
+    assert not list(out.glob("results.before-resume-*.json"))  # one process writes the results, once
 
 
 @pytest.mark.parametrize("env, offline", [({"WANDB_MODE": "offline"}, True), ({"WANDB_API_KEY": "x" * 40}, False)])
@@ -217,3 +221,84 @@ def test_a_sweep_through_the_submitit_local_launcher_finds_both_jobs_results(dat
     assert [r["config"]["optimizer"]["lr"] for r in results] == [1e-3, 3e-4]
     assert list(sweep.glob(".submitit/*/*_result.pkl")), "submitit ran the jobs"
     assert len(load_script("summarize_runs").summarize(sweep)["jobs"]) == 2
+
+
+def submitit_tasks(folder: Path) -> list[int]:
+    """The processes submitit's local executor started for the jobs of the sweep in ``folder``."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "submitit.core._submit" in command and str(folder) in command:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow  # one job of two DDP processes through submitit
+def test_a_ddp_job_of_two_tasks_through_submitit_trains_each_photo_once_per_epoch(data_root, tmp_path):
+    sweep, seen = tmp_path / "ddp", tmp_path / "seen"
+    proc = run_train(["-m", "hydra/launcher=local", "hydra.launcher.tasks_per_node=2", "trainer=ddp",
+                      "trainer.accelerator=cpu", "trainer.devices=2", *sweep_overrides(data_root, tmp_path),
+                      "data.batch_size=5", f"hydra.sweep.dir={sweep}", "+callbacks.seen._target_=helpers.SeenIds",
+                      f"+callbacks.seen.folder={seen}"], PYTHONPATH=str(ROOT / "tests"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = next(p for p in sweep.iterdir() if (p / "results.json").is_file())
+    results = json.loads((job / "results.json").read_text())
+    assert results["test"]["miou"] > 0 and results["config"]["trainer"]["strategy"] == "ddp"
+    assert not list(job.glob("results.before-resume-*.json"))  # one process writes the results
+    log = (job / "train.log").read_text()
+    assert "MEMBER: 1/2" in log and "MEMBER: 2/2" in log  # submitit's two tasks are Lightning's two processes
+    ranks = [[i for line in (seen / f"seen-{r}.jsonl").read_text().splitlines() for i in json.loads(line)["ids"]]
+             for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 5 and sorted(ranks[0] + ranks[1]) == sorted(results["split"]["train"])
+
+
+@pytest.mark.slow  # a local submitit job, preempted and requeued
+def test_a_preempted_job_saves_is_requeued_and_resumes_from_its_own_last_checkpoint(data_root, tmp_path):
+
+    from submitit.local.local import LocalJobEnvironment
+
+    sweep = tmp_path / "requeue"
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=local", *sweep_overrides(data_root, tmp_path),
+           "trainer.max_epochs=6", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    first = sweep / "0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    tasks = submitit_tasks(sweep)
+    assert proc.poll() is None and len(tasks) == 1, proc.stdout.read()[-3000:] if proc.poll() is not None else tasks
+    os.kill(tasks[0], LocalJobEnvironment._usr_sig())  # what a cluster sends before pre-empting or timing a job out
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    logs = "".join(p.read_text() for p in [*(sweep / ".submitit").glob("*/*_log.*"), sweep / "0" / "train.log"])
+    saved = re.search(r"exit 144 \(a signal\): saved .*last.ckpt \(epoch (\d+), step (\d+)\)", logs)
+    assert "this job is preempted" in logs and "Requeued job" in logs and saved, logs[-3000:]
+    assert f"Resuming {sweep / '0'} from {first}" in logs
+    results = json.loads((sweep / "0" / "results.json").read_text())
+    assert results["epochs"] == 6 and results["images_seen"] == 6 * 10  # no epoch trained twice, none lost
+
+
+def test_every_slurm_option_is_documented_with_an_override_that_composes():
+    import dataclasses
+    import shlex
+
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+
+    from fashionseg.core.config import compose_config
+
+    lines = (ROOT / "fashionseg" / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text().splitlines()
+    options = {f.name: f.default for f in dataclasses.fields(SlurmQueueConf) if f.name != "_target_"}
+    overrides = {}
+    for option in options:
+        at = next((i for i, line in enumerate(lines) if line.startswith(f"{option}:")), None)
+        assert at is not None and lines[at - 1].startswith("#   ") and lines[at - 2].startswith("# "), option
+        (overrides[option],) = shlex.split(lines[at - 1][1:])  # the override as a shell passes it
+        assert overrides[option].lstrip("+").startswith(f"hydra.launcher.{option}="), (option, overrides[option])
+    launcher = compose_config("train", ["hydra/launcher=slurm", *overrides.values()],
+                              return_hydra_config=True).hydra.launcher
+    for option, default in options.items():  # each override took effect
+        assert launcher[option] not in (None, {}) and launcher[option] != default, (option, overrides[option])

@@ -45,6 +45,9 @@ class FashionDataModule(L.LightningDataModule):
             ``{"train": [...], "val": [...], "test": [...]}``.
         augment: switches for ``transforms.augmentations`` (training split only).
         limit: use only the first ``limit`` images (sorted order) — for smoke tests.
+        format: ``memory`` decodes every photo once into memory; ``shards`` streams LitData shards written by
+            ``scripts/prepare_data.py --shards`` (``fashionseg.data.shards``), for sets larger than memory.
+        shards: the shards' folder, for ``format=shards``.
     """
 
     def __init__(self, root: str, label: str | Sequence[str], num_classes: int | Sequence[int],
@@ -54,8 +57,15 @@ class FashionDataModule(L.LightningDataModule):
                  augment: dict | None = None, limit: int | None = None, pin_memory: bool = False,
                  ignore_index: int | None = 255, images: str = "images/{id}.jpg",
                  labels: Mapping[str, str] | str = "labels/{id}_{label}.png", label_map: Mapping | None = None,
-                 unmapped: str = "error", help: str = "", name: str = "data"):
+                 unmapped: str = "error", help: str = "", name: str = "data", format: str = "memory",
+                 shards: str | None = None):
         super().__init__()
+        if format not in ("memory", "shards"):
+            raise ConfigError(f"data.format={format!r} must be memory (decode the folder once) or shards "
+                              "(stream LitData shards written by scripts/prepare_data.py --shards).")
+        if format == "shards" and not shards:
+            raise ConfigError("data.format=shards needs data.shards=<folder the shards were written to>.")
+        self.format, self.shards = format, shards
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
         self.root, self.name, self.help = Path(root), name, help
@@ -72,6 +82,9 @@ class FashionDataModule(L.LightningDataModule):
                 self.labels_patterns.append(labels[kind])
             else:
                 raise ConfigError(f"data.labels has no pattern for task.label={kind!r}; it has {sorted(labels)}.")
+        # Every kind the set has (the shards keep them all, so that they serve each task).
+        self.labels_patterns_all = dict(labels) if isinstance(labels, Mapping) else dict(zip(self.kinds,
+                                                                                            self.labels_patterns))
         self.labels_pattern = self.labels_patterns[0]  # the first kind's (the only one of a single task)
         self.images_pattern = images
         # One mapping ({value: class}), or one per kind of label ({person: {...}, clothes: {...}}): a set whose
@@ -107,6 +120,8 @@ class FashionDataModule(L.LightningDataModule):
         """
         if self.datasets:  # decoded once, whatever the stage
             return
+        if self.format == "shards":
+            return self._setup_shards()
         samples, *more = [scan_dataset(self.root, self.images_pattern, p, self.help) for p in self.labels_patterns]
         if self.limit:
             samples, more = samples[: self.limit], [m[: self.limit] for m in more]
@@ -131,6 +146,39 @@ class FashionDataModule(L.LightningDataModule):
             self.datasets[name] = SegmentationDataset(self.ids[name], [arrays[i] for i in idx], transform, self.seed)
         self.datasets[ALL] = SegmentationDataset([s.id for s in samples], arrays, self.eval_transform, self.seed)
 
+    def samples(self) -> tuple[list[tuple[str, Path, dict[str, Path]]], list[list[int]]]:
+        """Every photo of the folder layout with its label file of each kind the config names (``labels``), and
+        the indices of each split: what ``scripts/prepare_data.py --shards`` writes."""
+        patterns = self.labels_patterns_all
+        scans = {kind: scan_dataset(self.root, self.images_pattern, p, self.help) for kind, p in patterns.items()}
+        first = next(iter(scans.values()))
+        if self.limit:
+            first = first[: self.limit]
+        samples = [(s.id, s.image, {kind: scan[i].label for kind, scan in scans.items()}) for i, s in enumerate(first)]
+        return samples, self._split(first)
+
+    def _setup_shards(self) -> None:
+        try:
+            from fashionseg.data import shards
+        except ImportError as e:
+            raise ConfigError(f"data.format=shards needs LitData ({e}): pip install 'fashionseg[data]'.") from None
+        self.manifest = shards.read_manifest(self.shards, self.help)
+        shards.check_split(self.manifest, self.shards, self.split, self.seed)
+        for name in SUBSETS:
+            self.ids[name] = list(self.manifest["ids"].get(name, []))
+            self.datasets[name] = self._shard_dataset(name) if self.ids[name] else \
+                SegmentationDataset([], [], self.eval_transform, self.seed)
+
+    def _shard_dataset(self, name: str):
+        """One split's shards. LitData reads the DDP rank and world size when the dataset is made: the loaders
+        make their own once Lightning has started the processes (``_loader``)."""
+        from fashionseg.data.shards import Labels, ShardDataset
+
+        labels = Labels(self.kinds, self.classes, self.label_maps, self.ignore_index)
+        train = name == "train"
+        return ShardDataset(f"{self.shards}/{name}", labels, self.train_transform if train else self.eval_transform,
+                            self.seed, shuffle=train, drop_last=None if train else False)
+
     def _split(self, samples: Sequence[Sample]) -> list[list[int]]:
         """Indices of the train, val and test photos: fixed id lists, or the seeded fractions."""
         if isinstance(self.split, list):
@@ -151,6 +199,11 @@ class FashionDataModule(L.LightningDataModule):
             raise ConfigError(f"Class weights (loss.weights=auto) need one kind of label map; task.label={self.kinds}. "
                               "Train task=joint without class weights.")
         self.setup("fit")
+        if self.format == "shards":
+            from fashionseg.data.shards import class_counts
+
+            label_map = self.label_maps.get(self.kinds[0])
+            return class_counts(self.manifest, self.kinds[0], label_map.lut if label_map else None, self.num_classes)
         counts = np.zeros(self.num_classes, dtype=np.int64)
         for _, label in self.datasets["train"].arrays:
             counts += np.bincount(label.ravel(), minlength=self.num_classes)[: self.num_classes]
@@ -165,6 +218,9 @@ class FashionDataModule(L.LightningDataModule):
         """Hand each training photo a teacher's stored logits (``fashionseg.training.distill.StoredLogits``), which
         the training transform warps with it and batches carry as ``teacher``."""
         self.setup("fit")
+        if self.format == "shards":
+            raise ConfigError("Distillation from stored logits (distill=kd) reads the training photos from memory: "
+                              "train with data.format=memory.")
         train = self.datasets["train"]
         train.teacher = stored.load(train.ids, [image.shape[:2] for image, _ in train.arrays])
 
@@ -180,6 +236,19 @@ class FashionDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset, train = self.datasets[name], name == "train"
+        if self.format == "shards" and len(self.ids[name]):
+            from fashionseg.data.shards import streaming_loader
+
+            # LitData orders, shuffles (seed, epoch) and splits the split over DDP ranks and workers itself.
+            batch = self.batch_size if train else self.eval_batch_size
+            loader = streaming_loader(self._shard_dataset(name), batch, self.num_workers, collate, self.pin_memory)
+            if not len(loader):
+                raise ConfigError(
+                    f"This process gets no {name} photos from the shards: LitData hands the split's "
+                    f"{len(self.ids[name])} photos to the DDP processes and their data.num_workers={self.num_workers} "
+                    f"loader workers a batch ({batch}) at a time. Lower data.{'' if train else 'eval_'}batch_size or "
+                    "data.num_workers, or give the split more photos.")
+            return loader
         # Under DDP every process sees its share of the split (Lightning's distributed sampler).
         world = self.trainer.world_size if self.trainer is not None else 1
         share = -(-len(dataset) // world)

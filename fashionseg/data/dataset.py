@@ -84,22 +84,34 @@ def read_label(path: Path, num_classes: int, ignore_index: int | None = None,
     With ``label_map``, the file's own values are translated to the task's classes first."""
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise DataError(
-                    f"Label {path} has mode {im.mode!r}; expected a palette ('P') or grayscale ('L') PNG "
-                    "whose pixel values are class indices."
-                )
-            label = np.array(im)
+            label = decode_label(im, path)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"Cannot read label {path}: {e}. Replace or delete the file.") from e
+    return to_classes(label, path, num_classes, ignore_index, label_map)
+
+
+def decode_label(im: Image.Image, name: str | Path) -> np.ndarray:
+    """The pixel values of an opened label image, which must be a palette ('P') or grayscale ('L') one."""
+    if im.mode not in ("P", "L"):
+        raise DataError(
+            f"Label {name} has mode {im.mode!r}; expected a palette ('P') or grayscale ('L') PNG "
+            "whose pixel values are class indices."
+        )
+    return np.array(im)
+
+
+def to_classes(label: np.ndarray, name: str | Path, num_classes: int, ignore_index: int | None = None,
+               label_map: LabelMap | None = None) -> np.ndarray:
+    """A label file's values as the task's class indices: translated by ``label_map``, then checked to be a class
+    below ``num_classes`` or ``ignore_index``; ``name`` names the file in the error."""
     if label_map is not None:
-        label = label_map(label, path)
+        label = label_map(label, name)
     if label.max(initial=0) >= num_classes:
         bad = sorted(int(v) for v in np.unique(label) if v >= num_classes and v != ignore_index)
         if bad:
             void = f" or {ignore_index} (ignored)" if ignore_index is not None else ""
             raise DataError(
-                f"Label {path} has values {bad} outside the task's {num_classes} classes (0..{num_classes - 1})"
+                f"Label {name} has values {bad} outside the task's {num_classes} classes (0..{num_classes - 1})"
                 f"{void}. Check that the task matches the label file (task=person reads *_person.png, "
                 "task=fashion reads *_clothes.png), fix the label map, or translate a set's own values with "
                 "data.label_map."

@@ -70,6 +70,10 @@ class MultiSetDataModule(L.LightningDataModule):
             if (dm.image_size, dm.num_classes, dm.batch_size) != shared:
                 raise ConfigError(f"data.sets.{name} differs from data.sets.{self.select_on} in input size, classes "
                                   "or batch size; the sets of one run must share them.")
+        if streamed := [name for name, dm in self.sets.items() if getattr(dm, "format", "memory") == "shards"]:
+            raise ConfigError(f"data.sets.{streamed[0]}.format=shards: several sets are read from memory together. "
+                              "Write one set of shards holding all of them (a data config over their photos), or "
+                              "train each from memory.")
         self.eval_sets = [self.select_on, *(n for n in self.sets if n != self.select_on)]
         self.seed, self.batch_size = seed, first.batch_size
         self.datasets: dict = {}

@@ -45,6 +45,9 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule = checkpoint_datamodule(module.hparams.config, cfg.data.root, set_cfg,
                                        eval_batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                                        limit=cfg.data.limit)
+    if getattr(datamodule, "format", "memory") == "shards" and cfg.split in ("train", ALL):
+        raise ConfigError(f"split={cfg.split} scores photos as they are; the shards hold the training split for "
+                          "streaming, augmented. Score it from the folder layout: data.format=memory.")
     if not len(datamodule.datasets[cfg.split]):
         raise ConfigError(
             f"The {cfg.split} split of {cfg.data.root} is empty ({len(datamodule.datasets[ALL])} photos split by "

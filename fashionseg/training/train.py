@@ -261,8 +261,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         "optimized_metric": {"name": cfg.get("optimized_metric"), "value": metrics.get(cfg.get("optimized_metric"))},
         "config": module.hparams.config,
     }
-    keep_previous_results(out_dir)  # a finished run continued with ckpt_path=last
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    log.info("Test scores: %s", json.dumps(module.test_scores))
-    log.info("Results written to %s", out_dir / "results.json")
+    if trainer.is_global_zero:  # under DDP every process has the same results: one writes them
+        keep_previous_results(out_dir)  # a finished run continued with ckpt_path=last
+        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+        log.info("Test scores: %s", json.dumps(module.test_scores))
+        log.info("Results written to %s", out_dir / "results.json")
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None, results

@@ -56,9 +56,16 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_if_missed(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and self.save_last and not trainer.sanity_checking:
+        # SIGTERM (Lightning's SIGTERMException, raised on every DDP rank at the same step), or the SystemExit of
+        # a signal handler that ends the process: submitit's on its preemption signal, which requeues the job
+        # (hydra/launcher=slurm or local); the requeued job resumes from this checkpoint (training.rundir).
+        # That one reaches rank 0 alone, which must not wait for the others in a DDP save.
+        signalled = isinstance(exception, SIGTERMException) or (isinstance(exception, SystemExit)
+                                                                 and trainer.world_size == 1)
+        if signalled and self.save_last and not trainer.sanity_checking:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            log.info("SIGTERM: saved %s (epoch %d, step %d).", self.last_model_path, trainer.current_epoch,
+            why = "SIGTERM" if isinstance(exception, SIGTERMException) else f"exit {exception.code} (a signal)"
+            log.info("%s: saved %s (epoch %d, step %d).", why, self.last_model_path, trainer.current_epoch,
                      trainer.global_step)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
