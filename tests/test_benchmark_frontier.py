@@ -1,0 +1,96 @@
+"""scripts/benchmark_frontier.py on two tiny checkpoints and the synthetic set: the JSON's fields, the plot, MediaPipe's
+rows skipped with a message when it is missing and measured through its worker when it is there (a stand-in
+package here: the real one lives in its own environment). No timing is asserted."""
+
+import json
+import sys
+
+import pytest
+from conftest import load_script, make_checkpoint
+
+FAKE_MEDIAPIPE = '''
+import numpy as np
+
+
+class _Result:
+    def __init__(self, mask):
+        self.segmentation_mask = mask
+
+
+class _Model:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def process(self, photo):  # the left half of the photo is the person
+        mask = np.zeros(photo.shape[:2], np.float32)
+        mask[:, : photo.shape[1] // 2] = 0.9
+        return _Result(mask)
+
+
+class selfie_segmentation:
+    SelfieSegmentation = _Model
+
+
+class pose:
+    Pose = _Model
+
+
+class solutions:
+    selfie_segmentation = selfie_segmentation
+    pose = pose
+'''
+
+
+@pytest.fixture(scope="module")
+def checkpoints(data_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("frontier")
+    return (make_checkpoint(folder / "a" / "deeplab.ckpt", data_root, "person"),
+            make_checkpoint(folder / "b" / "u2netp.ckpt", data_root, "person", model="u2netp"))
+
+
+def run(data_root, checkpoints, out, *extra):
+    deeplab, u2netp = checkpoints
+    return load_script("benchmark_frontier").main([
+        "--recipe", "deeplab", str(deeplab), "--recipe", "u2netp+guided", str(u2netp), "postprocess=guided",
+        "guided.radius=2", "--data", str(data_root), "--photos", "2", "--rounds", "1", "--warmup", "1",
+        "--out", str(out), *extra])
+
+
+def test_without_mediapipe_its_rows_are_skipped_with_how_to_install_it(tmp_path):
+    python, why = load_script("benchmark_frontier").mediapipe_python(str(tmp_path / "no-python"))
+    assert python is None and "MediaPipe is not installed" in why and "make mediapipe" in why
+
+
+def test_mediapipes_rows_come_from_its_worker_with_the_ratio_to_the_selfie_model(data_root, checkpoints, tmp_path,
+                                                                                  monkeypatch):
+    package = tmp_path / "site" / "mediapipe"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(FAKE_MEDIAPIPE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    out = tmp_path / "frontier.json"
+    result = run(data_root, checkpoints, out, "--mediapipe-python", sys.executable)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["test_photos"] == 8 and result["timed_photos"] == 2 and result["pareto_front"]
+    assert result["recipes"][1]["params"] == {"guided": {"radius": 2}} and result["mediapipe_skipped"] == ""
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    rows = {r["name"]: r for r in result["rows"]}
+    for row in rows.values():
+        assert 0 <= row["miou"] <= 1 and 0 <= row["boundary_iou"] <= 1 and row["ms"] > 0
+    assert set(rows) == {"deeplab", "u2netp+guided", "mediapipe selfie", "mediapipe pose"}
+    assert rows["mediapipe selfie"]["x_selfie"] == 1.0 and rows["deeplab"]["x_selfie"] > 0
+    assert rows["mediapipe selfie"]["miou"] == rows["mediapipe pose"]["miou"] > 0  # the same stand-in mask
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_both_time_and_accuracy():
+    pareto = load_script("benchmark_frontier").pareto
+    rows = [{"name": "fast", "ms": 5, "miou": 0.94}, {"name": "slow-worse", "ms": 30, "miou": 0.93},
+            {"name": "mid", "ms": 12, "miou": 0.96}, {"name": "best", "ms": 300, "miou": 0.97}]
+    assert pareto(rows) == ["fast", "mid", "best"]
+
+
+def test_a_recipe_option_that_does_not_exist_is_named(checkpoints):
+    parse = load_script("benchmark_frontier").parse_recipe
+    with pytest.raises(SystemExit, match="unknown option 'tta'"):
+        parse(["x", "model.ckpt", "tta=true"])
+    with pytest.raises(SystemExit, match=r"parameters for \['crf'\] but postprocess=guided"):
+        parse(["x", "model.ckpt", "postprocess=guided", "crf.bilateral_sxy=40"])
