@@ -154,3 +154,17 @@ def test_a_run_stopped_mid_epoch_resumes_mid_epoch_each_photo_still_once(data_ro
     for epoch in (0, 1):
         assert Counter(i for b in batches if b["epoch"] == epoch for i in b["ids"]) == Counter(train_ids)
     assert results["epochs"] == 2
+
+
+def test_a_bad_file_is_named_before_any_shard_is_written(data_root, tmp_path):
+    import shutil
+
+    bad = tmp_path / "set"
+    shutil.copytree(data_root, bad)
+    (bad / "labels" / "0003_person.png").write_bytes(b"not a png")
+    # A subprocess with a time limit: LitData's writers used to die on the file and leave optimize() waiting.
+    proc = subprocess.run([sys.executable, "scripts/prepare_data.py", "fashionista", "--src", str(bad), "--out",
+                           str(tmp_path / "out"), "--shards"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "1 bad sample(s), no shards written: Cannot read label" in proc.stderr and "0003_person.png" in proc.stderr
+    assert not list((tmp_path / "out").rglob("index.json"))

@@ -28,7 +28,7 @@ from PIL import Image
 
 from fashionseg.core.errors import ConfigError, DataError
 from fashionseg.core.io import read_photo
-from fashionseg.data.dataset import LabelMap, Sample, decode_label, load_sample, to_classes
+from fashionseg.data.dataset import LabelMap, Sample, decode_label, load_sample, read_label, to_classes
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,27 @@ MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 
 
+def check_samples(samples: Sequence[tuple[str, Path, Mapping[str, Path]]]) -> None:
+    """Decode every photo and label map once, before any shard is written, and raise one ``DataError`` listing
+    every bad file (unreadable, truncated, a label of another size). LitData's writer processes would
+    otherwise die on the first one and leave ``optimize`` waiting for them."""
+    problems = []
+    for sample_id, image, labels in samples:
+        for label in labels.values():
+            try:
+                load_sample(Sample(sample_id, Path(image), Path(label)), 256)
+            except DataError as e:
+                problems.append(str(e))
+    if problems:
+        raise DataError(f"{len(problems)} bad sample(s), no shards written: " + " | ".join(problems[:10]))
+
+
 def _encode(sample: tuple[str, str, dict[str, str]]) -> dict:
-    """One sample as stored: its id, the photo's file bytes and each kind's label file bytes; both decoded
-    once here, so that a truncated file or a size mismatch is found when the shards are written."""
+    """One sample as stored: its id, the photo's file bytes, each kind's label file bytes, and each label's
+    pixel count per value (files checked by ``check_samples``)."""
     sample_id, image, labels = sample
-    histograms = {}
-    for kind, label in labels.items():
-        _, values = load_sample(Sample(sample_id, Path(image), Path(label)), 256)  # sizes and decoding checked
-        histograms[kind] = np.bincount(values.ravel(), minlength=256).astype(np.int64)
+    histograms = {kind: np.bincount(read_label(Path(label), 256).ravel(), minlength=256).astype(np.int64)
+                  for kind, label in labels.items()}
     return {"id": sample_id, "image": Path(image).read_bytes(),
             **{f"label_{kind}": Path(label).read_bytes() for kind, label in labels.items()},
             **{f"hist_{kind}": h for kind, h in histograms.items()}}
@@ -60,6 +73,7 @@ def write_shards(samples: Sequence[tuple[str, Path, Mapping[str, Path]]], parts:
     Returns the manifest.
     """
     out = Path(out)
+    check_samples(samples)
     kinds = sorted(samples[0][2]) if samples else []
     manifest: dict = {"format": "litdata", "kinds": kinds, **split, "ids": {}, "train_pixels": {}}
     for name in SPLITS:
