@@ -38,7 +38,7 @@ import torch
 
 from fashionseg.core.config import default_data_dir, override_value
 from fashionseg.data.stored import checkpoint_datamodule
-from fashionseg.inference import Predictor
+from fashionseg.inference import Predictor, TrainedNetwork
 from fashionseg.inference.checkpoint import load_network
 from fashionseg.metrics.segmentation import SplitMetrics
 from fashionseg.postprocess.registry import load_refinements
@@ -77,9 +77,10 @@ def parse_recipe(items: list[str]) -> dict:
     return recipe
 
 
-def labeller(recipe: dict):
-    """photo (H, W, 3) uint8 -> label map (H, W) uint8, as predict.py computes it for this recipe."""
-    predictor = Predictor.from_pretrained(recipe["source"], onnx=recipe["onnx"], **recipe["predictor"])
+def labeller(recipe: dict, trained: TrainedNetwork):
+    """photo (H, W, 3) uint8 -> label map (H, W) uint8, as predict.py computes it for this recipe (``trained``: its
+    network, loaded once; a package's test-time options apply unless the recipe gives them)."""
+    predictor = Predictor.from_trained(trained, recipe["onnx"], **recipe["predictor"])
     name = recipe["postprocess"]
     refine = load_refinements([name], recipe["params"])[name] if name and name != "none" else None
 
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
     recipes = [parse_recipe(items) for items in args.recipe]
     root = args.data or default_data_dir()
 
-    first = load_network(recipes[0]["source"])
+    networks = [load_network(recipe["source"]) for recipe in recipes]
+    first = networks[0]
     test = checkpoint_datamodule(first.config, root, limit=None).datasets["test"]
     ids, pairs = list(test.ids), [test.arrays[i] for i in range(len(test))]
     photos, truths = [p for p, _ in pairs], [t for _, t in pairs]
@@ -197,16 +199,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(photos)} test photos scored, {len(timed)} timed per round, {args.rounds} rounds", flush=True)
 
     methods = {}
-    for recipe in recipes:
-        network = load_network(recipe["source"])
+    for recipe, network in zip(recipes, networks):
         if network.config["task"]["name"] != first.config["task"]["name"]:
             raise SystemExit(f"--recipe {recipe['name']} is a task={network.config['task']['name']} model, "
                              f"{recipes[0]['name']} a task={first.config['task']['name']} one: one task per run.")
-        other = checkpoint_datamodule(network.config, root, limit=None).ids["test"]
-        if sorted(other) != sorted(ids):
+        samples, parts = checkpoint_datamodule(network.config, root, limit=None, setup=False).samples()
+        if sorted(samples[i][0] for i in parts[2]) != sorted(ids):  # the split's ids: nothing decoded
             raise SystemExit(f"--recipe {recipe['name']}: its test split differs from {recipes[0]['name']}'s; "
                              "compare recipes on the same test photos.")
-        methods[recipe["name"]] = labeller(recipe)
+        methods[recipe["name"]] = labeller(recipe, network)
 
     skipped, mediapipe = None, None
     rows = {name: {"name": name, "ms_all": []} for name in methods}

@@ -36,30 +36,38 @@ MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 
 
-def check_samples(samples: Sequence[tuple[str, Path, Mapping[str, Path]]]) -> None:
+def check_samples(samples: Sequence[tuple[str, Path, Mapping[str, Path]]],
+                  kinds: Sequence[str]) -> dict[str, list[int]]:
     """Decode every photo and label map once, before any shard is written, and raise one ``DataError`` listing
-    every bad file (unreadable, truncated, a label of another size). LitData's writer processes would
-    otherwise die on the first one and leave ``optimize`` waiting for them."""
-    problems = []
+    every bad file (unreadable, truncated, a label of another size); LitData's writer processes would otherwise
+    die on the first one and leave ``optimize`` waiting for them. Returns each kind's pixel count per label value."""
+    problems, counts = [], {kind: np.zeros(256, np.int64) for kind in kinds}
     for sample_id, image, labels in samples:
-        for label in labels.values():
+        shape = None
+        for kind, label in labels.items():
             try:
-                load_sample(Sample(sample_id, Path(image), Path(label)), 256)
+                if shape is None:  # the photo once, with its first label (sizes compared, EXIF named)
+                    photo, values = load_sample(Sample(sample_id, Path(image), Path(label)), 256)
+                    shape = photo.shape[:2]
+                else:
+                    values = read_label(Path(label), 256)
+                    if values.shape != shape:
+                        raise DataError(f"Label {label} is {values.shape[1]}x{values.shape[0]} but its photo {image} "
+                                        f"is {shape[1]}x{shape[0]}; a label map must have exactly its image's size.")
             except DataError as e:
                 problems.append(str(e))
+                continue
+            counts[kind] += np.bincount(values.ravel(), minlength=256)
     if problems:
         raise DataError(f"{len(problems)} bad sample(s), no shards written: " + " | ".join(problems[:10]))
+    return {kind: c.tolist() for kind, c in counts.items()}
 
 
 def _encode(sample: tuple[str, str, dict[str, str]]) -> dict:
-    """One sample as stored: its id, the photo's file bytes, each kind's label file bytes, and each label's
-    pixel count per value (files checked by ``check_samples``)."""
+    """One sample as stored: its id, the photo's file bytes and each kind's label file bytes."""
     sample_id, image, labels = sample
-    histograms = {kind: np.bincount(read_label(Path(label), 256).ravel(), minlength=256).astype(np.int64)
-                  for kind, label in labels.items()}
     return {"id": sample_id, "image": Path(image).read_bytes(),
-            **{f"label_{kind}": Path(label).read_bytes() for kind, label in labels.items()},
-            **{f"hist_{kind}": h for kind, h in histograms.items()}}
+            **{f"label_{kind}": Path(label).read_bytes() for kind, label in labels.items()}}
 
 
 def write_shards(samples: Sequence[tuple[str, Path, Mapping[str, Path]]], parts: Mapping[str, Sequence[int]],
@@ -73,34 +81,25 @@ def write_shards(samples: Sequence[tuple[str, Path, Mapping[str, Path]]], parts:
     Returns the manifest.
     """
     out = Path(out)
-    check_samples(samples)
     kinds = sorted(samples[0][2]) if samples else []
-    manifest: dict = {"format": "litdata", "kinds": kinds, **split, "ids": {}, "train_pixels": {}}
-    for name in SPLITS:
-        chosen = [samples[i] for i in parts.get(name, [])]
-        manifest["ids"][name] = [s[0] for s in chosen]
-        if not chosen:
+    chosen = {name: [samples[i] for i in parts.get(name, [])] for name in SPLITS}
+    # Every file checked before any is written; the training labels' counts serve loss.weights=auto.
+    pixels = {name: check_samples(group, kinds) for name, group in chosen.items()}
+    manifest: dict = {"format": "litdata", "kinds": kinds, **split, "train_pixels": pixels["train"],
+                      "ids": {name: [s[0] for s in group] for name, group in chosen.items()}}
+    for name, group in chosen.items():
+        if not group:
             continue
         before = multiprocessing.get_start_method(allow_none=True)  # optimize() sets it for the whole process
         try:
             # fork: the workers need not re-import the caller (a script, a test); they only read files.
-            optimize(fn=_encode, inputs=[(i, str(p), {k: str(v) for k, v in ls.items()}) for i, p, ls in chosen],
+            optimize(fn=_encode, inputs=[(i, str(p), {k: str(v) for k, v in ls.items()}) for i, p, ls in group],
                      output_dir=str(out / name), chunk_bytes=chunk_bytes, num_workers=num_workers, mode="overwrite",
                      reorder_files=False, keep_data_ordered=True, verbose=False, start_method="fork")
         finally:
             multiprocessing.set_start_method(before, force=True)
-        if name == "train":  # pixel counts per label value (loss.weights=auto), read back without the photos
-            manifest["train_pixels"] = _histograms(out / name, kinds)
     (out / MANIFEST).write_text(json.dumps(manifest))
     return manifest
-
-
-def _histograms(folder: Path, kinds: Sequence[str]) -> dict[str, list[int]]:
-    total = {k: np.zeros(256, np.int64) for k in kinds}
-    for item in StreamingDataset(str(folder)):
-        for k in kinds:
-            total[k] += item[f"hist_{k}"]
-    return {k: v.tolist() for k, v in total.items()}
 
 
 def read_manifest(folder: str | Path, help: str = "") -> dict:

@@ -10,12 +10,14 @@ from omegaconf import DictConfig, OmegaConf
 from fashionseg.data.multiset import primary_data_config
 
 
-def checkpoint_datamodule(config: Mapping, root: str | None, set_cfg: DictConfig | None = None, **data):
+def checkpoint_datamodule(config: Mapping, root: str | None, set_cfg: DictConfig | None = None, setup: bool = True,
+                          **data):
     """The data settings a checkpoint was trained with (input size, split, seed; ``config`` is its stored run
     config), pointed at ``root`` and at ``data`` overrides (e.g. ``limit``), set up: ``datamodule.datasets[split]``.
 
     ``set_cfg``: another set's config (conf/data/<set>.yaml: its files, label map, split) to read
-    instead; the input size and the task's classes stay the checkpoint's.
+    instead; the input size and the task's classes stay the checkpoint's. ``setup=False``: not set up (nothing
+    decoded; ``samples()`` lists the photos and their split).
     """
     train_cfg = OmegaConf.create(config)
     data_cfg = primary_data_config(train_cfg.data)
@@ -29,5 +31,6 @@ def checkpoint_datamodule(config: Mapping, root: str | None, set_cfg: DictConfig
     for key, value in data.items():
         data_cfg[key] = value
     datamodule = hydra.utils.instantiate(data_cfg)
-    datamodule.setup("test")
+    if setup:
+        datamodule.setup("test")
     return datamodule

@@ -22,7 +22,7 @@ from fashionseg.core.heads import Head, all_class_names, task_heads
 from fashionseg.core.io import default_palette
 from fashionseg.data.multiset import primary_data_config
 from fashionseg.data.transforms import EvalTransform
-from fashionseg.inference.checkpoint import load_network
+from fashionseg.inference.checkpoint import TrainedNetwork, load_network
 from fashionseg.inference.logits import Runner, check_scales, crop_and_resize, network_logits
 from fashionseg.inference.onnx import OnnxRunner
 from fashionseg.metrics import labels_from_scores
@@ -100,7 +100,12 @@ class Predictor:
             predictor = Predictor.from_pretrained("outputs/person-package")
             label = predictor([read_photo("photo.jpg")])[0]
         """
-        trained = load_network(source, revision)
+        return cls.from_trained(load_network(source, revision), onnx, **kwargs)
+
+    @classmethod
+    def from_trained(cls, trained: TrainedNetwork, onnx: str | Path | None = None, **kwargs) -> Predictor:
+        """A Predictor of a loaded ``TrainedNetwork`` (``inference.checkpoint.load_network``), as
+        ``from_pretrained`` makes it."""
         options = {k: trained.inference[k] for k in ("tta_hflip", "tta_scales") if trained.inference.get(k) is not None}
         predictor = cls.from_network(trained.net, trained.config, onnx, **{**options, **kwargs})
         predictor.refinement = trained.inference.get("postprocess")
