@@ -9,7 +9,10 @@ srgb=13 compat=10 (fashionseg/conf/postprocess/crf.yaml). Timing covers the CRF 
 ms per image for a batch of --batch photos: pydensecrf2 one photo after another, ours the whole
 batch at once, with torch.compile (compiled during the agreement pass, before timing) and eagerly;
 median of --repeats runs, the backends alternating. Agreement: the share of pixels where ours and
-pydensecrf2 give the same label. Prints a table, writes JSON.
+pydensecrf2 give the same label. The trainable CRF layer (crf_layer=..., fashionseg/models/crf_layer.py) has a
+row of its own, at inference (no gradient): with its starting parameters (Potts, the same weights: the same
+model as the others), or with those learned in a run, ``--layer <checkpoint of a crf_layer run>``. Prints a
+table, writes JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from omegaconf import OmegaConf
 from fashionseg.core.config import compose_config, default_data_dir
 from fashionseg.core.memory import keep_freed_memory
 from fashionseg.data import checkpoint_datamodule
-from fashionseg.metrics import SegmentationMetrics, scores
+from fashionseg.inference.checkpoint import load_network
+from fashionseg.metrics import SegmentationMetrics, labels_from_scores, scores
+from fashionseg.models.crf_layer import CRFLayerNetwork, MeanFieldCRF
 from fashionseg.postprocess import DenseCRF
 from fashionseg.training.module import load_checkpoint
 
@@ -50,6 +55,31 @@ def test_photos(ckpt: str, root: str, n: int):
     return np.stack(photos), np.stack(labels), np.stack(probs).astype(np.float32), list(module.class_names)
 
 
+class LayerCRF:
+    """The trainable CRF layer as a batch refinement: photos (B, H, W, 3) uint8, probs (B, K, H, W) -> labels."""
+
+    def __init__(self, layer: MeanFieldCRF):
+        self.layer = layer.eval()
+
+    def refine_batch(self, photos: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = torch.from_numpy(probs).clamp_min(1e-8).log()
+            x = self.layer(torch.from_numpy(photos).permute(0, 3, 1, 2), logits)
+        return labels_from_scores(x).numpy().astype(np.uint8)
+
+
+def layer_crf(k: int, params: dict, ckpt: str | None) -> tuple[str, LayerCRF]:
+    """The layer with the CRF parameters (its start), or the one trained in the run of ``ckpt``."""
+    if ckpt is None:
+        return "trainable layer (start)", LayerCRF(MeanFieldCRF(
+            k, params["iterations"], params["gaussian_sxy"], params["gaussian_compat"], params["bilateral_sxy"],
+            params["bilateral_srgb"], params["bilateral_compat"]))
+    net = load_network(ckpt).net
+    if not isinstance(net, CRFLayerNetwork):
+        raise SystemExit(f"--layer {ckpt}: this checkpoint has no trainable CRF layer (train one with crf_layer=...).")
+    return "trainable layer (learned)", LayerCRF(net.crf)
+
+
 def miou(preds: np.ndarray, labels: np.ndarray, k: int, ignore_index: int | None = 255) -> float:
     """Mean IoU of label maps; pixels labelled ``ignore_index`` (the tasks' void label) are not scored."""
     metric = SegmentationMetrics(k, ignore_index=ignore_index)
@@ -66,12 +96,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", nargs="+", default=["cpu"], help="devices for our backend: cpu, cuda")
     p.add_argument("--no-eager", action="store_true", help="skip the row of our backend without torch.compile")
+    p.add_argument("--layer", default=None, help="a checkpoint of a crf_layer run: its learned layer's row")
+    p.add_argument("--params", nargs="*", default=[],
+                   help="CRF parameters for every row, e.g. bilateral_sxy=40 bilateral_srgb=5 (postprocess.crf.*)")
     p.add_argument("--out", default=str(ROOT / "outputs/benchmarks/crf.json"))
     args = p.parse_args(argv)
     keep_freed_memory()  # a batch job: the CRF's large buffers are reused, not page-faulted in
     photos, labels, probs, names = test_photos(args.ckpt, args.data or default_data_dir(), args.images)
     k = len(names)
-    params = OmegaConf.to_container(compose_config("eval", ["postprocess=[crf]"]).postprocess.crf)
+    params = OmegaConf.to_container(compose_config("eval", ["postprocess=[crf]", *[f"postprocess.crf.{a}" for a in
+                                                                                  args.params]]).postprocess.crf)
     params.pop("_target_")
     params.pop("backend", None)
     params.pop("compile", None)
@@ -80,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     ours = {f"{dev}": DenseCRF(**params, backend="torch", device=dev) for dev in args.device}
     if not args.no_eager:
         ours[f"{args.device[0]}, eager"] = DenseCRF(**params, backend="torch", device=args.device[0], compile=False)
+    layer_name, layer = layer_crf(k, params, args.layer)
+    ours[layer_name] = layer
     # Labels of every photo from each backend (agreement), then timing on one batch.
     ref = np.stack([theirs(photo, prob) for photo, prob in zip(photos, probs)])
     results = {"photos": len(photos), "shape": list(photos.shape[1:3]), "classes": k, "params": params,
@@ -109,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
                             "miou": miou(ref, labels, k), "timings": timings["pydensecrf2"]})
     for dev in ours:
         ms = statistics.median(timings[f"torch ({dev})"])
-        results["rows"].append({"backend": f"ours, PyTorch ({dev})", "ms_per_image": ms, "speedup": ref_ms / ms,
+        name = dev if dev == layer_name else f"ours, PyTorch ({dev})"
+        results["rows"].append({"backend": name, "ms_per_image": ms, "speedup": ref_ms / ms,
                                 "agreement": float((labels_ours[dev] == ref).mean()),
                                 "agreement_min_image":
                                     float((labels_ours[dev] == ref).reshape(len(ref), -1).mean(1).min()),

@@ -176,7 +176,7 @@ def test_crf_compiled_equals_eager_and_labels_are_argmax_of_marginals(monkeypatc
     """The default torch.compile path computes what the eager code does (one compile, ~30 s on 2 CPUs)."""
     from torch._dynamo.utils import counters
 
-    from fashionseg.postprocess import permutohedral
+    from fashionseg.models import permutohedral
 
     monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)  # conftest turns compiling off for the other tests
     monkeypatch.setattr(permutohedral, "_COMPILED", {})  # no wrapper made while compiling was off
@@ -194,7 +194,7 @@ def test_crf_compiled_equals_eager_and_labels_are_argmax_of_marginals(monkeypatc
 
 def test_lattice_filter_in_any_pixel_order():
     """Values in the lattice's own (simplex) order or in any other order: the same filtered values per pixel."""
-    from fashionseg.postprocess.permutohedral import PermutohedralLattice
+    from fashionseg.models.permutohedral import PermutohedralLattice
 
     g = torch.Generator().manual_seed(0)
     features = torch.rand(2, 300, 3, generator=g) * 4

@@ -23,7 +23,7 @@ class RefinementReport(L.Callback):
     """
 
     def __init__(self, methods: Sequence[str] | None = None, batch_size: int = 8, params: dict | None = None):
-        self.methods = list(methods) if methods is not None else refinement_names()  # default: every refinement
+        self.methods = list(methods) if methods is not None else refinement_names(trained=False)  # every one
         self.batch_size, self.params = batch_size, dict(params or {})
 
     def on_test_end(self, trainer: L.Trainer, module) -> None:

@@ -29,6 +29,7 @@ from torch import nn
 from fashionseg.core.errors import ConfigError
 from fashionseg.core.heads import Head, task_heads
 from fashionseg.inference.package import WEIGHTS, read_package_config, resolve
+from fashionseg.models.crf_layer import CRFLayerNetwork, MeanFieldCRF
 
 # Old ``_target_`` prefix -> new one; the longest matching prefix wins. The classes of fashionseg 0.1.0's flat
 # modules that a stored config names (losses, callbacks, the checkpoint writer); data, models and
@@ -86,12 +87,45 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
 
 
 def build_network(config: Mapping, pretrained: bool = False) -> nn.Module:
-    """The network of a run config (``model.net``). ``pretrained=False`` builds the encoder without its
-    pretrained weights (a checkpoint holds all of them), so that loading never touches the network."""
+    """The network of a run config (``model.net``), with the trainable CRF layer on top where the config has
+    one (``crf_layer``). ``pretrained=False`` builds the encoder without its pretrained weights (a checkpoint
+    holds all of them), so that loading never touches the network."""
     net_cfg = OmegaConf.create(dict(config["model"]["net"]))
     if not pretrained and "encoder_weights" in net_cfg:
         net_cfg.encoder_weights = None
-    return hydra.utils.instantiate(net_cfg)
+    net = hydra.utils.instantiate(net_cfg)
+    crf_cfg = config.get("crf_layer")
+    return with_crf_layer(net, dict(crf_cfg), config, pretrained) if crf_cfg else net
+
+
+def with_crf_layer(net: nn.Module, crf_cfg: dict, config: Mapping, pretrained: bool) -> CRFLayerNetwork:
+    """``net`` under the trainable CRF layer of ``crf_cfg`` (conf/crf_layer/). With ``pretrained``, the weights
+    come from the trained network ``crf_cfg["network"]`` (a checkpoint, package or Hub id; a run with the
+    layer gives the layer's too)."""
+    task = config["task"]
+    if task.get("heads"):
+        raise ConfigError("crf_layer: a network with one head per task (task=joint) has no single set of "
+                          "classes for the CRF; train the layer on task=person or task=fashion.")
+    start = crf_cfg.pop("network", None)
+    freeze = bool(crf_cfg.pop("freeze_network", False))
+    try:
+        crf = MeanFieldCRF(len(task["class_names"]), **crf_cfg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"crf_layer: {e} (options: conf/crf_layer/frozen.yaml).") from None
+    layer = CRFLayerNetwork(net, crf, freeze_network=freeze)
+    if pretrained and start:
+        trained = load_network(start)
+        if list(trained.config["task"].get("class_names") or []) != list(task["class_names"]):
+            raise ConfigError(f"crf_layer.network={start} was trained for the classes "
+                              f"{trained.config['task'].get('class_names')}, this run has {list(task['class_names'])}.")
+        inner = isinstance(trained.net, CRFLayerNetwork)
+        try:
+            (layer if inner else layer.net).load_state_dict(trained.net.state_dict(), strict=True)
+        except RuntimeError as e:
+            raise ConfigError(f"crf_layer.network={start}: its weights do not fit this run's network "
+                              f"(model.net; {str(e).splitlines()[0]}). Compose the run with the model it was "
+                              "trained with (e.g. the same experiment=).") from None
+    return layer
 
 
 @dataclass

@@ -11,6 +11,7 @@ from fashionseg.postprocess.crf import DenseCRF
 from fashionseg.postprocess.edges import EdgeRegionVote
 from fashionseg.postprocess.guided import GuidedFilter
 from fashionseg.postprocess.superpixel import SuperpixelVote
+from fashionseg.postprocess.superpixel_classifier import SuperpixelClassifier
 
 __all__ = ["DenseCRF", "EdgeRegionVote", "GuidedFilter", "Identity", "Refinement", "SmallRegionCleanup",
-           "SuperpixelVote", "check_inputs"]
+           "SuperpixelClassifier", "SuperpixelVote", "check_inputs"]

@@ -60,7 +60,7 @@ class DenseCRF(Refinement):
     def torch_crf(self):
         """Our backend, created once (it keeps the spatial lattice of the last photo size)."""
         if self._torch_crf is None:
-            from fashionseg.postprocess.permutohedral import TorchDenseCRF
+            from fashionseg.models.permutohedral import TorchDenseCRF
 
             self._torch_crf = TorchDenseCRF(self.iterations, *self.gaussian, *self.bilateral, device=self.device,
                                             compile=self.compile)

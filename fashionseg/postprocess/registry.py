@@ -11,12 +11,16 @@ from omegaconf import OmegaConf
 from fashionseg.core.config import compose_config
 from fashionseg.postprocess.base import Refinement
 
+# Refinements that need a model trained for the network first (a folder to give): not in the default lists.
+TRAINED = ("superpixel_classifier",)
 
-def refinement_names() -> list[str]:
-    """Every refinement with a config (fashionseg/conf/postprocess/<name>.yaml): ``none`` first, then by name."""
+
+def refinement_names(trained: bool = True) -> list[str]:
+    """Every refinement with a config (fashionseg/conf/postprocess/<name>.yaml): ``none`` first, then by name;
+    ``trained=False`` leaves out those that need a trained model (``TRAINED``)."""
     names = (p.name.removesuffix(".yaml") for p in resources.files("fashionseg.conf").joinpath("postprocess").iterdir()
              if p.name.endswith(".yaml"))
-    return sorted(names, key=lambda name: (name != "none", name))
+    return sorted((n for n in names if trained or n not in TRAINED), key=lambda name: (name != "none", name))
 
 
 def load_refinements(names: Sequence[str], overrides: Mapping | None = None) -> dict[str, Refinement]:

@@ -23,10 +23,11 @@ from fashionseg.core.errors import ConfigError
 from fashionseg.core.heads import all_class_names
 from fashionseg.core.io import list_photos, read_photo
 from fashionseg.data import checkpoint_datamodule, primary_data_config
-from fashionseg.inference.checkpoint import load_network
+from fashionseg.inference.checkpoint import TrainedNetwork, load_network
 from fashionseg.inference.onnx import OnnxRunner
 from fashionseg.inference.package import ONNX, ONNX_INT8
 from fashionseg.inference.predictor import Predictor
+from fashionseg.models.crf_layer import CRFLayerNetwork
 from fashionseg.serving.package import inference_options, push_to_hub, write_package
 
 log = logging.getLogger(__name__)
@@ -256,6 +257,19 @@ def export_checked(cfg, trained, out: Path, stages: Stages) -> dict:
     return report
 
 
+def network_only(trained: TrainedNetwork) -> TrainedNetwork:
+    """A network with the trainable CRF layer: the network under it, said aloud (the layer's lattice, built
+    per photo from sorted pixel codes, has no ONNX form). Any other network: itself."""
+    if not isinstance(trained.net, CRFLayerNetwork):
+        return trained
+    print("This checkpoint has the trainable CRF layer (crf_layer); ONNX export covers the network under it only: "
+          "the ONNX file gives the network's logits before the CRF. The layer runs in PyTorch: eval.py, predict.py "
+          "and the demo with ckpt_path=<this checkpoint>; with ONNX Runtime, add the hand-tuned CRF "
+          "(postprocess=crf) instead.")
+    config = {k: v for k, v in trained.config.items() if k != "crf_layer"}
+    return TrainedNetwork(trained.net.net, config, trained.inference)
+
+
 def export(cfg) -> dict:
     """`python export.py ckpt_path=... format=onnx`: write the ONNX file, check it against PyTorch, time both.
     With ``package=<dir>``: a model package instead (ONNX files in it with ``package_onnx=true``), uploaded to the
@@ -266,7 +280,11 @@ def export(cfg) -> dict:
     onnx_stages = ["export", *(["calibrate", "quantize"] if cfg.int8 else []), "compare"]
     if not cfg.get("package"):
         out = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / f"{Path(cfg.ckpt_path).stem}.onnx"
-        return export_checked(cfg, trained, out, Stages(onnx_stages))
+        return export_checked(cfg, network_only(trained), out, Stages(onnx_stages))
+    if cfg.package_onnx and isinstance(trained.net, CRFLayerNetwork):
+        raise ConfigError(f"{cfg.ckpt_path} has the trainable CRF layer, which ONNX export does not cover: write the "
+                          "package without ONNX files (package_onnx=false; it runs the layer in PyTorch), or export "
+                          "the network under the layer alone with `python export.py ckpt_path=... format=onnx`.")
     folder = Path(cfg.package)
     stages = Stages([*(onnx_stages if cfg.package_onnx else []), "package", *(["upload"] if cfg.push_to_hub else [])])
     inference = inference_options(cfg, trained)

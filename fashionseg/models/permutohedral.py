@@ -32,8 +32,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from fashionseg.metrics import labels_from_scores
-
 
 class PermutohedralLattice:
     """Gaussian filtering in a d-dimensional feature space, for features (B, N, d) of B images with N pixels each.
@@ -46,7 +44,7 @@ class PermutohedralLattice:
     filter in any other order, ``in_pixel_order`` in the features' own order (``order`` None).
     """
 
-    def __init__(self, features: torch.Tensor, compile: bool = True):
+    def __init__(self, features: torch.Tensor, compile: bool = True, adjoint: bool = False):
         b, n, d = features.shape
         device, self.d, self.size = features.device, d, b * n
         bn = b * n
@@ -96,7 +94,11 @@ class PermutohedralLattice:
         self.pixel_starts = ((d + 1) * starts[:, None] + offsets).reshape(-1)
         # Slice: each pixel's d+1 vertices (row 0 of the blurred lattice is an always-zero row).
         self.slice_idx = corners.view(s, d + 1)[simplex]  # (bn, d+1)
-        self.slice_w = weights * (1.0 / (1.0 + 2.0 ** (-d)))  # (bn, d+1); alpha of densecrf's slice
+        alpha = 1.0 / (1.0 + 2.0 ** (-d))
+        self.slice_w = weights * alpha  # (bn, d+1); alpha of densecrf's slice
+        # The adjoint (transposed) filter's weights, kept only where a backward pass needs them: its splat
+        # weighs with the slice's weights and its slice with the splat's (see ``adjoint``).
+        self.splat_w_adj, self.slice_w_adj = (self.splat_w * alpha, weights) if adjoint else (None, None)
         # Blur neighbours: along direction j a key moves by -1 in every coordinate and by +d in j (and back).
         # Each blur step is one more weighted sum: row r <- 1 * row r + 1/2 * (both neighbours), 0 = none.
         rows = torch.arange(m + 1, device=device)
@@ -138,6 +140,8 @@ class PermutohedralLattice:
             current[self.order] = torch.arange(self.order.numel(), device=order.device)  # pixel -> current row
             new.pixels, rows = position[self.order][self.pixels], current[order]
         new.slice_idx, new.slice_w, new.order = self.slice_idx[rows], self.slice_w[rows], order
+        if self.slice_w_adj is not None:
+            new.slice_w_adj = self.slice_w_adj[rows]
         return new._compact_indices()
 
     def in_pixel_order(self) -> PermutohedralLattice:
@@ -161,17 +165,31 @@ class PermutohedralLattice:
         new.blur_idx = [torch.cat([idx[:1], shift(idx[1:]).reshape(-1, idx.shape[1])]) for idx in self.blur_idx]
         new.blur_w = torch.cat([self.blur_w[:1], self.blur_w[1:].repeat(b, 1)])
         new.slice_idx, new.slice_w = shift(self.slice_idx).reshape(-1, self.d + 1), self.slice_w.repeat(b, 1)
+        if self.splat_w_adj is not None:
+            new.splat_w_adj, new.slice_w_adj = self.splat_w_adj.repeat(b), self.slice_w_adj.repeat(b, 1)
         new.m = b * m
         return new._compact_indices()
 
     def scale(self, inputs: torch.Tensor | float = 1.0, outputs: torch.Tensor | float = 1.0) -> None:
         """Fold per-pixel factors (B * N,) or scalars into the filter: filter(v) := outputs * filter(inputs * v)."""
-        if isinstance(inputs, torch.Tensor):
-            inputs = inputs.reshape(-1)[self.pixels]
-        if isinstance(outputs, torch.Tensor):
-            outputs = outputs.reshape(-1, 1)
-        self.splat_w = self.splat_w * inputs
-        self.slice_w = self.slice_w * outputs
+        def per_entry(f):  # a factor per splat entry (the bag layout of ``pixels``)
+            return f.reshape(-1)[self.pixels] if isinstance(f, torch.Tensor) else f
+
+        def per_row(f):  # a factor per row, for the slice
+            return f.reshape(-1, 1) if isinstance(f, torch.Tensor) else f
+
+        self.splat_w, self.slice_w = self.splat_w * per_entry(inputs), self.slice_w * per_row(outputs)
+        if self.splat_w_adj is not None:  # the transpose: the outputs' factors scale its inputs, and back
+            self.splat_w_adj = self.splat_w_adj * per_entry(outputs)
+            self.slice_w_adj = self.slice_w_adj * per_row(inputs)
+
+    def to(self, dtype: torch.dtype) -> PermutohedralLattice:
+        """The same filter with its weights in ``dtype`` (float64 for ``torch.autograd.gradcheck``)."""
+        new = copy.copy(self)
+        new.splat_w, new.slice_w, new.blur_w = (w.to(dtype) for w in (self.splat_w, self.slice_w, self.blur_w))
+        if self.splat_w_adj is not None:
+            new.splat_w_adj, new.slice_w_adj = self.splat_w_adj.to(dtype), self.slice_w_adj.to(dtype)
+        return new
 
     def blurred(self, values: torch.Tensor) -> torch.Tensor:
         """Splat and blur values (B * N, C): the lattice rows (1 + vertices, C) that the slice reads (row 0 = 0)."""
@@ -184,8 +202,27 @@ class PermutohedralLattice:
         return lattice
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
-        """values (B * N, C) float32 -> filtered (B * N, C)."""
+        """values (B * N, C) float32 -> filtered (B * N, C).
+
+        Differentiable in ``values``: every step is an ``embedding_bag`` (a weighted sum of rows) with fixed
+        weights, so autograd's backward is the exact adjoint of the filter (its transpose: splat and slice
+        swap places, the blur runs in reverse order)."""
         return slice_rows(self.blurred(values), self.slice_idx, self.slice_w)
+
+    def adjoint(self, values: torch.Tensor) -> torch.Tensor:
+        """The transposed filter, values (B * N, C) -> (B * N, C): <filter(u), v> = <u, adjoint(v)>. The same
+        steps as ``filter``: a splat with the slice's weights, the blur directions in reverse order (each
+        blur step is symmetric), a slice with the splat's weights. Needs ``adjoint=True`` at construction."""
+        if self.splat_w_adj is None:
+            raise RuntimeError("This lattice was built without adjoint=True; it has no backward pass.")
+        corners = F.embedding_bag(self.pixels, values, self.pixel_starts, per_sample_weights=self.splat_w_adj,
+                                  mode="sum")
+        lattice = F.embedding_bag(self.corner_order, corners, self.corner_starts, mode="sum")
+        lattice = torch.cat([values.new_zeros(1, values.shape[1]), lattice])
+        for idx in reversed(self.blur_idx):
+            lattice = F.embedding_bag(idx, lattice, per_sample_weights=self.blur_w, mode="sum")
+            lattice[0] = 0  # row 0 stands for "no neighbour": it holds no vertex, so no gradient
+        return slice_rows(lattice, self.slice_idx, self.slice_w_adj)
 
 
 class TorchDenseCRF:
@@ -363,6 +400,15 @@ def slice_rows(lattice: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) 
     return out
 
 
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """arg-max over the last dim (ties: the first class), uint8; class by class, as ``softmax_rows``."""
+    best, labels = x[:, 0], torch.zeros(x.shape[0], dtype=torch.uint8, device=x.device)
+    for c in range(1, x.shape[1]):
+        labels = torch.where(x[:, c] > best, c, labels).to(torch.uint8)
+        best = torch.maximum(best, x[:, c])
+    return labels
+
+
 def softmax_rows(x: torch.Tensor) -> torch.Tensor:
     """softmax over the last dim, for few classes. Written class by class: compiled, inductor vectorises
     it over rows, which it does not for a reduction over a short last dim."""
@@ -385,7 +431,7 @@ def mean_field_step(unary: torch.Tensor, bilateral: torch.Tensor, bilateral_idx:
     compatibility is in the slice weights); compiled, the slices and the softmax are one loop. With
     ``labels``, the arg-max of Q (uint8) instead of Q."""
     x = unary + slice_rows(bilateral, bilateral_idx, bilateral_w) + slice_rows(gauss, gauss_idx, gauss_w)
-    return labels_from_scores(x, 1).to(torch.uint8) if labels else softmax_rows(x)
+    return argmax_rows(x) if labels else softmax_rows(x)
 
 
 _COMPILED: dict = {}
