@@ -102,8 +102,7 @@ class MeanFieldCRF(nn.Module):
         with torch.no_grad():
             colour = rgb.permute(0, 2, 3, 1).reshape(b, n, 3).float() / self.bilateral_srgb
             xy = pixel_xy(h, w, device) / self.bilateral_sxy
-            bilateral = PermutohedralLattice(torch.cat([xy.expand(b, n, 2), colour], -1), compile=_compiling(),
-                                             adjoint=True)
+            bilateral = PermutohedralLattice(torch.cat([xy.expand(b, n, 2), colour], -1), adjoint=True)
             norm = bilateral.filter(torch.ones(b * n, 1, device=device)).add_(1e-20).rsqrt_()
             bilateral.scale(norm, norm)
             gauss = self.gaussian_lattice(h, w, b, device).reordered(bilateral.order)
@@ -113,8 +112,7 @@ class MeanFieldCRF(nn.Module):
         """The normalised spatial lattice of b photos of h x w, pixels in row-major order (one per size)."""
         key = (h, w, b, str(device))
         if key not in self._gauss:
-            lattice = PermutohedralLattice((pixel_xy(h, w, device) / self.gaussian_sxy)[None], _compiling(),
-                                           adjoint=True)
+            lattice = PermutohedralLattice((pixel_xy(h, w, device) / self.gaussian_sxy)[None], adjoint=True)
             lattice = lattice.in_pixel_order()
             norm = lattice.filter(torch.ones(h * w, 1, device=device)).add_(1e-20).rsqrt_()
             lattice.scale(norm, norm)
@@ -145,7 +143,7 @@ class MeanFieldCRF(nn.Module):
                            + self.kernel_weights[1] * lattice_filter(q, gauss))
                 x = unary - message @ self.compatibility.t()
         else:  # inference: the same update, with the slices and the softmax fused as the hand-tuned CRF's
-            step = maybe_compiled(mean_field_update, _compiling())
+            step = maybe_compiled(mean_field_update)
             weights, compat_t = self.kernel_weights.detach(), self.compatibility.detach().t().contiguous()
             q = softmax_rows(x)
             for _ in range(self.iterations):
@@ -164,13 +162,6 @@ def mean_field_update(unary: torch.Tensor, bilateral: torch.Tensor, bilateral_id
                + weights[1] * slice_rows(gauss, gauss_idx, gauss_w))
     x = unary - message @ compat_t
     return x, softmax_rows(x)
-
-
-def _compiling() -> bool:
-    """Compile the lattice's per-pixel arithmetic (no gradient flows through it) unless Dynamo is off."""
-    import os
-
-    return os.environ.get("TORCHDYNAMO_DISABLE", "") not in ("1", "true", "True")
 
 
 class CRFLayerNetwork(nn.Module):
