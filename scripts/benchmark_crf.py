@@ -11,13 +11,16 @@ batch at once, with torch.compile (compiled during the agreement pass, before ti
 median of --repeats runs, the backends alternating. Agreement: the share of pixels where ours and
 pydensecrf2 give the same label. The trainable CRF layer (crf_layer=..., fashionseg/models/crf_layer.py) has a
 row of its own, at inference (no gradient): with its starting parameters (Potts, the same weights: the same
-model as the others), or with those learned in a run, ``--layer <checkpoint of a crf_layer run>``. Prints a
-table, writes JSON.
+model as the others), or with those learned in a run, ``--layer <checkpoint of a crf_layer run>``. Rows with
+``downsample`` s (``--downsample``, default 2): ours and the layer with the mean field on s x s block averages, its
+pairwise term lifted back to the full-resolution unary (``postprocess.crf.downsample``, ``crf_layer.downsample``).
+Prints a table, writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -58,8 +61,9 @@ def test_photos(ckpt: str, root: str, n: int):
 class LayerCRF:
     """The trainable CRF layer as a batch refinement: photos (B, H, W, 3) uint8, probs (B, K, H, W) -> labels."""
 
-    def __init__(self, layer: MeanFieldCRF):
-        self.layer = layer.eval()
+    def __init__(self, layer: MeanFieldCRF, downsample: int = 1):
+        self.layer = copy.copy(layer.eval())  # shares the parameters; its own downsample
+        self.layer.downsample = downsample
 
     def refine_batch(self, photos: np.ndarray, probs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -68,16 +72,16 @@ class LayerCRF:
         return labels_from_scores(x).numpy().astype(np.uint8)
 
 
-def layer_crf(k: int, params: dict, ckpt: str | None) -> tuple[str, LayerCRF]:
+def layer_crf(k: int, params: dict, ckpt: str | None) -> tuple[str, MeanFieldCRF]:
     """The layer with the CRF parameters (its start), or the one trained in the run of ``ckpt``."""
     if ckpt is None:
-        return "trainable layer (start)", LayerCRF(MeanFieldCRF(
+        return "trainable layer (start)", MeanFieldCRF(
             k, params["iterations"], params["gaussian_sxy"], params["gaussian_compat"], params["bilateral_sxy"],
-            params["bilateral_srgb"], params["bilateral_compat"]))
+            params["bilateral_srgb"], params["bilateral_compat"])
     net = load_network(ckpt).net
     if not isinstance(net, CRFLayerNetwork):
         raise SystemExit(f"--layer {ckpt}: this checkpoint has no trainable CRF layer (train one with crf_layer=...).")
-    return "trainable layer (learned)", LayerCRF(net.crf)
+    return "trainable layer (learned)", net.crf
 
 
 def miou(preds: np.ndarray, labels: np.ndarray, k: int, ignore_index: int | None = 255) -> float:
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", nargs="+", default=["cpu"], help="devices for our backend: cpu, cuda")
     p.add_argument("--no-eager", action="store_true", help="skip the row of our backend without torch.compile")
     p.add_argument("--layer", default=None, help="a checkpoint of a crf_layer run: its learned layer's row")
+    p.add_argument("--downsample", type=int, nargs="*", default=[2],
+                   help="rows of ours and of the layer at these downsample factors (none: only full resolution)")
     p.add_argument("--params", nargs="*", default=[],
                    help="CRF parameters for every row, e.g. bilateral_sxy=40 bilateral_srgb=5 (postprocess.crf.*)")
     p.add_argument("--out", default=str(ROOT / "outputs/benchmarks/crf.json"))
@@ -109,13 +115,19 @@ def main(argv: list[str] | None = None) -> dict:
     params.pop("_target_")
     params.pop("backend", None)
     params.pop("compile", None)
+    params.pop("downsample", None)
     theirs = DenseCRF(**params, backend="pydensecrf2")
     # Ours on each device with torch.compile (the default), and eagerly on the first device.
     ours = {f"{dev}": DenseCRF(**params, backend="torch", device=dev) for dev in args.device}
     if not args.no_eager:
         ours[f"{args.device[0]}, eager"] = DenseCRF(**params, backend="torch", device=args.device[0], compile=False)
+    for s in args.downsample:
+        ours[f"{args.device[0]}, downsample {s}"] = DenseCRF(**params, backend="torch", device=args.device[0],
+                                                             downsample=s)
     layer_name, layer = layer_crf(k, params, args.layer)
-    ours[layer_name] = layer
+    ours[layer_name] = LayerCRF(layer)
+    for s in args.downsample:
+        ours[f"{layer_name[:-1]}, downsample {s})"] = LayerCRF(layer, s)
     # Labels of every photo from each backend (agreement), then timing on one batch.
     ref = np.stack([theirs(photo, prob) for photo, prob in zip(photos, probs)])
     results = {"photos": len(photos), "shape": list(photos.shape[1:3]), "classes": k, "params": params,
@@ -145,19 +157,19 @@ def main(argv: list[str] | None = None) -> dict:
                             "miou": miou(ref, labels, k), "timings": timings["pydensecrf2"]})
     for dev in ours:
         ms = statistics.median(timings[f"torch ({dev})"])
-        name = dev if dev == layer_name else f"ours, PyTorch ({dev})"
+        name = dev if dev.startswith("trainable") else f"ours, PyTorch ({dev})"
         results["rows"].append({"backend": name, "ms_per_image": ms, "speedup": ref_ms / ms,
                                 "agreement": float((labels_ours[dev] == ref).mean()),
                                 "agreement_min_image":
                                     float((labels_ours[dev] == ref).reshape(len(ref), -1).mean(1).min()),
                                 "miou": miou(labels_ours[dev], labels, k), "timings": timings[f"torch ({dev})"]})
-    header = f"{'backend':<30} {'ms/image':>9} {'speed-up':>9} {'agreement':>10} {'test mIoU':>10}"
+    header = f"{'backend':<42} {'ms/image':>9} {'speed-up':>9} {'agreement':>10} {'test mIoU':>10}"
     print(f"Dense CRF, {len(photos)} test photos {photos.shape[1]}x{photos.shape[2]}, {k} classes, "
           f"{params['iterations']} iterations, batch {len(batch_p)}, {torch.get_num_threads()} threads")
     print(f"network alone (no CRF): test mIoU on these photos {100 * base:.2f}")
     print(header + "\n" + "-" * len(header))
     for r in results["rows"]:
-        print(f"{r['backend']:<30} {r['ms_per_image']:>9.1f} {r['speedup']:>8.2f}x {100 * r['agreement']:>9.2f}% "
+        print(f"{r['backend']:<42} {r['ms_per_image']:>9.1f} {r['speedup']:>8.2f}x {100 * r['agreement']:>9.2f}% "
               f"{100 * r['miou']:>9.2f}")
     results["network_miou"] = base
     out = Path(args.out)

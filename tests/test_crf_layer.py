@@ -5,6 +5,7 @@ through train, eval, predict and export."""
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -63,6 +64,46 @@ def test_gradcheck_of_one_mean_field_step_in_the_logits_the_compatibility_and_th
     assert torch.autograd.gradcheck(step, (logits, compat, weights))
 
 
+def test_one_compatibility_per_kernel_starts_as_the_shared_one_and_has_exact_gradients(tmp_path):
+    """per_kernel_compatibility: (2, K, K), both Potts at the start (the same marginals as one shared matrix, in
+    training and at inference); gradcheck of a step in both matrices; the monitor draws one heat map each."""
+    from fashionseg.training.callbacks.crf_layer import CRFLayerMonitor
+
+    rgb, _ = toy_photo(6, 5)
+    kwargs = dict(iterations=2, gaussian_sxy=2.0, bilateral_sxy=4.0, bilateral_srgb=30.0, gaussian_weight=1.5,
+                  bilateral_weight=2.0)
+    shared, each = MeanFieldCRF(3, **kwargs), MeanFieldCRF(3, per_kernel_compatibility=True, **kwargs)
+    assert each.compatibility.shape == (2, 3, 3)
+    logits = torch.randn(1, 3, *rgb.shape[-2:], generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.allclose(shared(rgb, logits), each(rgb, logits), atol=1e-5)
+    assert torch.allclose(shared(rgb, logits.requires_grad_()), each(rgb, logits), atol=1e-5)
+    each = each.double()
+    each.iterations = 1
+    g = torch.Generator().manual_seed(6)
+    compat = (each.compatibility.detach() + 0.1 * torch.rand(2, 3, 3, dtype=torch.float64, generator=g))
+    x = torch.randn(1, 3, *rgb.shape[-2:], dtype=torch.float64, generator=g, requires_grad=True)
+
+    def step(logits, compat):
+        return functional_call(each, {"compatibility": compat, "kernel_weights": each.kernel_weights}, (rgb.double(),
+                                                                                                        logits))
+
+    assert torch.autograd.gradcheck(step, (x, compat.requires_grad_()))
+    (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(step(x, compat), torch.zeros(1, 6, 5).long()),
+                                  compat)
+    assert grad[0].abs().sum() > 0 and grad[1].abs().sum() > 0 and not torch.allclose(grad[0], grad[1])
+    # the monitor: one heat map per kernel
+    module = types.SimpleNamespace(net=CRFLayerNetwork(torch.nn.Identity(), each), class_names=["a", "b", "c"],
+                                   log_dict=lambda *a, **k: None)
+    trainer = types.SimpleNamespace(sanity_checking=False, is_global_zero=True, default_root_dir=str(tmp_path),
+                                    current_epoch=0, loggers=[], global_step=0)
+    CRFLayerMonitor().on_validation_epoch_end(trainer, module)
+    assert {p.name for p in (tmp_path / "crf_layer").iterdir()} == {
+        "compatibility_bilateral.png", "compatibility_spatial.png", "learned.json"}
+    assert np.asarray(json.loads((tmp_path / "crf_layer" / "learned.json").read_text())["compatibility"]).shape == (
+        2, 3, 3)
+
+
 def test_kernel_weight_gradients_match_finite_differences_over_five_iterations():
     rgb, labels = toy_photo()
     crf = MeanFieldCRF(2, iterations=5, gaussian_sxy=2.0, bilateral_sxy=4.0, bilateral_srgb=30.0).double()
@@ -99,6 +140,27 @@ def test_at_initialisation_the_layer_is_the_hand_tuned_crf():
     assert torch.allclose(q, expected, atol=1e-5)
     # Training's path (autograd through the adjoint filter) computes what inference's fused path does.
     assert torch.allclose(torch.softmax(layer(rgb, logits.requires_grad_()), 1), q, atol=1e-5)
+
+
+def test_the_layers_downsampled_inference_is_the_hand_tuned_crfs():
+    """crf_layer.downsample=2 runs, without gradient, the hand-tuned CRF's downsampled code path (the same
+    marginals at initialisation); with gradient (training) the layer stays at full resolution."""
+    g = torch.Generator().manual_seed(4)
+    rgb = (torch.rand(2, 3, 41, 30, generator=g) * 255).to(torch.uint8)
+    rgb[:, :, :20] = 200
+    logits = torch.randn(2, 4, 41, 30, generator=g) * 2
+    kwargs = dict(gaussian_sxy=3, gaussian_weight=1, bilateral_sxy=40, bilateral_srgb=5, bilateral_weight=3)
+    layer = MeanFieldCRF(4, 5, downsample=2, **kwargs)
+    reference = TorchDenseCRF(5, 3, 1, 40, 5, 3, compile=False, downsample=2)
+    with torch.no_grad():
+        q = torch.softmax(layer(rgb, logits), 1)
+    expected = reference.marginals(rgb.permute(0, 2, 3, 1).contiguous(), torch.softmax(logits, 1))
+    assert q.shape == logits.shape and torch.allclose(q, expected, atol=1e-5)
+    full = MeanFieldCRF(4, 5, **kwargs)
+    trained = torch.softmax(layer(rgb, logits.requires_grad_()), 1)
+    assert torch.allclose(trained, torch.softmax(full(rgb, logits), 1), atol=1e-6)
+    with pytest.raises(ValueError, match="crf_layer.downsample must be an integer >= 1"):
+        MeanFieldCRF(4, downsample=0)
 
 
 def test_learning_keeps_small_parts_that_potts_smoothing_erases():
@@ -235,6 +297,9 @@ def test_crf_benchmark_has_the_layers_rows_beside_pydensecrf2(crf_run, data_root
     rows = {r["backend"]: r for r in result["rows"]}
     start, ours = rows["trainable layer (start)"], rows["ours, PyTorch (cpu)"]
     assert abs(start["agreement"] - ours["agreement"]) < 0.002 and start["ms_per_image"] > 0
+    # The downsampled rows (--downsample 2 by default): ours and the layer at its start share the code path.
+    fast, fast_layer = rows["ours, PyTorch (cpu, downsample 2)"], rows["trainable layer (start, downsample 2)"]
+    assert 0.9 < fast["agreement"] <= 1 and abs(fast_layer["agreement"] - fast["agreement"]) < 0.002
     learned = next((run / "checkpoints").glob("epoch*.ckpt"))
     result = bench(["--ckpt", str(network_ckpt), *common, "--no-eager", "--layer", str(learned),
                     "--out", str(tmp_path / "b.json")])

@@ -172,6 +172,46 @@ def test_crf_agrees_with_pydensecrf2():
     assert (ours == theirs).mean() >= 0.98
 
 
+def textured_case(h: int = 90, w: int = 61, k: int = 4, seed: int = 2):
+    """A photo of a few flat colour regions with noise, and probabilities that know them only noisily."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((h, w), np.uint8)
+    truth[h // 3:, : w // 2], truth[h // 3:, w // 2:], truth[2 * h // 3:, w // 4: 3 * w // 4] = 1, 2, 3
+    colours = np.array([(30, 40, 50), (200, 60, 40), (40, 180, 90), (230, 230, 210)])
+    image = np.clip(colours[truth] + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+    logits = 1.5 * np.eye(k)[truth].transpose(2, 0, 1) + rng.normal(0, 1.2, (k, h, w))
+    probs = np.exp(logits) / np.exp(logits).sum(0)
+    return image, probs.astype(np.float32), truth
+
+
+def test_downsampled_crf_runs_the_mean_field_at_half_size_and_agrees_with_the_full_one():
+    """downsample=2: the mean field on 2x2 block means (odd sizes too), lifted back; nearly the same labels as
+    the exact CRF, the same cleaning of the noise, and labels = the arg-max of its marginals."""
+    image, probs, truth = textured_case()
+    params = dict(bilateral_sxy=20, bilateral_srgb=20, compile=False)
+    full, half = DenseCRF(backend="torch", **params), DenseCRF(backend="torch", downsample=2, **params)
+    seen = []
+    small = half.torch_crf().scaled(2)
+    small_mean_field = small.mean_field
+    small.mean_field = lambda images, p, **kw: seen.append(tuple(p.shape[-2:])) or small_mean_field(images, p, **kw)
+    half.torch_crf()._small = small
+    exact, fast = full(image, probs), half(image, probs)
+    assert seen == [(45, 31)]
+    assert fast.shape == truth.shape and fast.dtype == np.uint8
+    assert (fast == exact).mean() > 0.97
+    assert (probs.argmax(0) == truth).mean() < 0.9 and (fast == truth).mean() > 0.98
+    q = half.marginals(image, probs)
+    assert q.shape == probs.shape and np.allclose(q.sum(0), 1, atol=1e-5) and (q.argmax(0) == fast).all()
+
+
+@pytest.mark.parametrize("bad, match", [(dict(downsample=0), "downsample must be an integer >= 1"),
+                                        (dict(downsample=1.5), "downsample must be an integer >= 1"),
+                                        (dict(downsample=2, backend="pydensecrf2"), "needs backend=torch")])
+def test_bad_crf_downsample_is_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        DenseCRF(**bad)
+
+
 def test_crf_compiled_equals_eager_and_labels_are_argmax_of_marginals(monkeypatch):
     """The default torch.compile path computes what the eager code does (one compile, ~30 s on 2 CPUs)."""
     from torch._dynamo.utils import counters

@@ -91,8 +91,10 @@ def test_train_then_score_beside_the_other_refinements(fashion_ckpt, data_root, 
     with pytest.warns(UserWarning, match="Pose features skipped"):
         report = load_script("train_superpixel_classifier").main(
             ["--ckpt", str(fashion_ckpt), "--data", str(data_root), "--out", str(out), "--grid", "num_leaves=4",
-             "n_estimators=5,10"])
-    assert [r["params"]["n_estimators"] for r in report["rows"]] == [5, 10] and not report["pose"]
+             "n_estimators=5,10", "--blend", "0", "0.5"])
+    assert [(r["params"]["n_estimators"], r["blend"]) for r in report["rows"]] == [(5, 0), (5, 0.5), (10, 0),
+                                                                                   (10, 0.5)]
+    assert not report["pose"] and report["fit_on"] == "train" and 0 <= report["val_miou_network"] <= 1
     assert (out / "model.txt").read_text().startswith("tree") and json.loads((out / "report.json").read_text())
     assert len(report["importance"]) == len(sc.feature_names(report["class_names"]))
     assert "postprocess.superpixel_classifier.model=" in report["test_command"]
@@ -103,3 +105,35 @@ def test_train_then_score_beside_the_other_refinements(fashion_ckpt, data_root, 
     rows = result["refinements"]
     assert set(rows) >= {"none", "superpixel", "superpixel_classifier"}
     assert 0 <= rows["superpixel_classifier"]["miou"] <= 1 and rows["superpixel_classifier"]["ms_per_image"] > 0
+
+
+def test_blend_mixes_the_networks_probabilities_with_the_superpixels_scores():
+    segments = np.array([[0, 0, 1, 1]])
+    scores = np.array([[0.9, 0.1], [0.2, 0.8]])  # superpixel 0: class 0, superpixel 1: class 1
+    probs = np.array([[[0.2, 0.2, 0.3, 0.9]], [[0.8, 0.8, 0.7, 0.1]]])  # the network: 1, 1, 1, 0
+    assert sc.blended_labels(scores, segments, probs, 0.0).tolist() == [[0, 0, 1, 1]]
+    assert sc.blended_labels(scores, segments, probs, 0.9).tolist() == [[1, 1, 1, 0]]
+    # 0.5: pixels 0 and 1 go to their superpixel's class 0 (0.45 + 0.1 against 0.05 + 0.4); pixel 3 keeps the
+    # network's class 0 (0.1 + 0.45 against 0.4 + 0.05)
+    assert sc.blended_labels(scores, segments, probs, 0.5).tolist() == [[0, 0, 1, 0]]
+
+
+def test_fit_on_validation_chooses_by_cross_validation_over_its_photos(fashion_ckpt, data_root, tmp_path,
+                                                                       monkeypatch):
+    """--fit-on val: every setting scored on photos its classifier did not learn from (folds of whole photos);
+    the chosen blend is stored and used by the refinement."""
+    monkeypatch.setattr(sc, "find_mediapipe_python", lambda given=None: None)
+    out = tmp_path / "classifier"
+    script = load_script("train_superpixel_classifier").main
+    common = ["--ckpt", str(fashion_ckpt), "--data", str(data_root), "--out", str(out), "--pose", "off",
+              "--grid", "num_leaves=4", "n_estimators=5"]
+    report = script([*common, "--fit-on", "val", "--folds", "2", "--blend", "0", "0.75"])
+    assert report["fit_on"] == "val" and [r["blend"] for r in report["rows"]] == [0, 0.75]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["blend"] == max(report["rows"], key=lambda r: r["val_miou"])["blend"]
+    refine = sc.SuperpixelClassifier(str(out))
+    assert refine.meta["blend"] == meta["blend"]
+    with pytest.raises(SystemExit, match="--folds 3 needs 2 folds or more .* this data set has 2"):
+        script([*common, "--fit-on", "val", "--folds", "3"])
+    with pytest.raises(SystemExit, match="must be in \\[0, 1\\)"):
+        script([*common, "--blend", "1"])

@@ -230,17 +230,26 @@ class TorchDenseCRF:
 
     Same model, parameters and unary as ``pydensecrf2`` (``unary_from_softmax``, 1e-5 clip); whole
     batches of same-size photos at once.
+
+    ``downsample`` s > 1 runs the mean field on the photo and the probabilities averaged over s x s blocks
+    (the kernel widths in pixels divided by s: the same kernels, s^2 times fewer pixels to filter), then
+    adds the last iteration's pairwise term, lifted back bilinearly, to the full-resolution unary: the labels
+    keep the network's own edges, and the kernels (tens of pixels wide, normalised) change little between
+    resolutions. Agreement with the full-resolution CRF and the speed-up: ``scripts/benchmark_crf.py``.
     """
 
     def __init__(self, iterations: int = 5, gaussian_sxy: float = 3.0, gaussian_compat: float = 3.0,
                  bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0, bilateral_compat: float = 10.0,
-                 device: str | torch.device | None = None, compile: bool = True):
-        self.iterations = iterations
+                 device: str | torch.device | None = None, compile: bool = True, downsample: int = 1):
+        if downsample != int(downsample) or downsample < 1:
+            raise ValueError(f"downsample must be an integer >= 1 (1: full resolution), got {downsample}.")
+        self.iterations, self.downsample = iterations, int(downsample)
         self.gaussian_sxy, self.gaussian_compat = gaussian_sxy, gaussian_compat
         self.bilateral_sxy, self.bilateral_srgb, self.bilateral_compat = bilateral_sxy, bilateral_srgb, bilateral_compat
         self.device = torch.device(device) if device else None
         self.compile = compile
         self._gauss: dict[tuple, PermutohedralLattice] = {}
+        self._small: TorchDenseCRF | None = None  # the kernels at 1 / downsample of the size
 
     def gaussian_lattice(self, h: int, w: int, b: int, device: torch.device) -> PermutohedralLattice:
         """The spatial kernel depends only on the photo size: built once per size and device, normalised,
@@ -256,25 +265,49 @@ class TorchDenseCRF:
 
     def marginals(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """images (B, H, W, 3) uint8, probs (B, K, H, W) -> Q (B, K, H, W) float32."""
+        if self.downsample > 1:
+            return self.upsampled(images, probs, "q")
         b, k, h, w = probs.shape
         q, order = self.mean_field(images, probs)
-        out = torch.empty_like(q)
-        out[order] = q
-        return out.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
+        return in_pixel_order(q, order, (b, h, w, k)).permute(0, 3, 1, 2).contiguous()
 
     def labels(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """images (B, H, W, 3) uint8, probs (B, K, H, W) -> the labels argmax Q, (B, H, W) uint8."""
+        if self.downsample > 1:
+            return self.upsampled(images, probs, "labels")
         b, k, h, w = probs.shape
-        labels, order = self.mean_field(images, probs, labels=True)
-        out = torch.empty(b * h * w, dtype=torch.uint8, device=labels.device)
-        out[order] = labels
-        return out.view(b, h, w)
+        labels, order = self.mean_field(images, probs, out="labels")
+        return in_pixel_order(labels, order, (b, h, w))
+
+    @torch.no_grad()
+    def upsampled(self, images: torch.Tensor, probs: torch.Tensor, out: str) -> torch.Tensor:
+        """The mean field on s x s block averages (s = ``downsample``), its pairwise term lifted to the full
+        resolution and added to the full unary: ``out`` labels (B, H, W) uint8, or Q (B, K, H, W)."""
+        device = self.device or probs.device
+        images, probs = images.to(device), probs.to(device).float()
+        small_images, small_probs = block_means(images, probs, self.downsample)
+        b, k, h, w = small_probs.shape
+        if self._small is None:
+            self._small = self.scaled(self.downsample)
+        pairwise, order = self._small.mean_field(small_images, small_probs, out="pairwise")
+        pairwise = in_pixel_order(pairwise, order, (b, h, w, k)).permute(0, 3, 1, 2)
+        return maybe_compiled(lifted, self.compile)(pairwise, probs, out)
+
+    def scaled(self, factor: int) -> TorchDenseCRF:
+        """This CRF's kernels for photos ``factor`` times smaller (widths in pixels divided by it)."""
+        new = copy.copy(self)
+        new.gaussian_sxy, new.bilateral_sxy = self.gaussian_sxy / factor, self.bilateral_sxy / factor
+        new.downsample, new._gauss, new._small = 1, {}, None
+        return new
 
     @torch.no_grad()
     def mean_field(self, images: torch.Tensor, probs: torch.Tensor,
-                   labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   out: str = "q") -> tuple[torch.Tensor, torch.Tensor]:
         """Q (B * H * W, K) with its rows in the order ``order`` of the pixels (row r = pixel order[r]);
-        with ``labels``, instead of Q the arg-max labels (B * H * W,) uint8 (the last softmax is skipped)."""
+        ``out="labels"``: instead of Q the arg-max labels (B * H * W,) uint8 (the last softmax is skipped);
+        ``out="pairwise"``: the last iteration's pairwise term (B * H * W, K) (its unary + it = log Q + const).
+
+        Runs at the size of ``images`` and ``probs`` (``downsample`` is ``upsampled``'s)."""
         device = self.device or probs.device
         images, probs = images.to(device), probs.to(device).float()
         b, k, h, w = probs.shape
@@ -292,7 +325,7 @@ class TorchDenseCRF:
         step = maybe_compiled(mean_field_step, self.compile)
         for i in range(self.iterations):
             q = step(unary, bilateral.blurred(q), bilateral.slice_idx, bilateral.slice_w,
-                     gauss.blurred(q), gauss.slice_idx, gauss.slice_w, labels and i == self.iterations - 1)
+                     gauss.blurred(q), gauss.slice_idx, gauss.slice_w, out if i == self.iterations - 1 else "q")
         return q, order
 
 
@@ -426,12 +459,39 @@ def softmax_rows(x: torch.Tensor) -> torch.Tensor:
 
 def mean_field_step(unary: torch.Tensor, bilateral: torch.Tensor, bilateral_idx: torch.Tensor,
                     bilateral_w: torch.Tensor, gauss: torch.Tensor, gauss_idx: torch.Tensor,
-                    gauss_w: torch.Tensor, labels: bool = False) -> torch.Tensor:
+                    gauss_w: torch.Tensor, out: str = "q") -> torch.Tensor:
     """One mean-field update, Q = softmax(unary - pairwise energy), from the two blurred lattices (the
-    compatibility is in the slice weights); compiled, the slices and the softmax are one loop. With
-    ``labels``, the arg-max of Q (uint8) instead of Q."""
-    x = unary + slice_rows(bilateral, bilateral_idx, bilateral_w) + slice_rows(gauss, gauss_idx, gauss_w)
-    return argmax_rows(x) if labels else softmax_rows(x)
+    compatibility is in the slice weights); compiled, the slices and the softmax are one loop. ``out``:
+    ``q``, ``labels`` (the arg-max of Q, uint8) or ``pairwise`` (the pairwise term alone, - energy)."""
+    pairwise = slice_rows(bilateral, bilateral_idx, bilateral_w) + slice_rows(gauss, gauss_idx, gauss_w)
+    if out == "pairwise":
+        return pairwise
+    x = unary + pairwise
+    return argmax_rows(x) if out == "labels" else softmax_rows(x)
+
+
+def in_pixel_order(rows: torch.Tensor, order: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """Rows in the lattice order ``order`` (row r = pixel order[r]) back in pixel order, viewed as ``shape``."""
+    out = torch.empty_like(rows)
+    out[order] = rows
+    return out.view(shape)
+
+
+def block_means(images: torch.Tensor, probs: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (B, H, W, 3) and probs (B, K, H, W) averaged over factor x factor blocks (partial blocks at the
+    bottom and right edges: over their pixels): float images (B, h, w, 3), probs (B, K, h, w)."""
+    colour = F.avg_pool2d(images.permute(0, 3, 1, 2).float(), factor, ceil_mode=True)
+    return colour.permute(0, 2, 3, 1).contiguous(), F.avg_pool2d(probs, factor, ceil_mode=True)
+
+
+def lifted(pairwise: torch.Tensor, probs: torch.Tensor, out: str = "q") -> torch.Tensor:
+    """The full-resolution scores x from a low-resolution mean field: log(clip(probs, 1e-5)) (the unary, as
+    ``gather_unary``) + the pairwise term (B, K, h, w) resized bilinearly to probs' size (B, K, H, W).
+    ``out``: ``x``, its softmax ``q`` (the marginals) or its arg-max ``labels`` (uint8). One fused loop
+    when compiled."""
+    x = torch.log(probs.clamp(1e-5, 1.0)) + F.interpolate(pairwise, size=probs.shape[-2:], mode="bilinear",
+                                                          align_corners=False)
+    return x if out == "x" else x.argmax(1).to(torch.uint8) if out == "labels" else x.softmax(1)
 
 
 _COMPILED: dict = {}

