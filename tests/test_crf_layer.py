@@ -306,3 +306,21 @@ def test_crf_benchmark_has_the_layers_rows_beside_pydensecrf2(crf_run, data_root
     assert "trainable layer (learned)" in {r["backend"] for r in result["rows"]}
     with pytest.raises(SystemExit, match="has no trainable CRF layer"):
         bench(["--ckpt", str(network_ckpt), *common, "--layer", str(network_ckpt), "--out", str(tmp_path / "c.json")])
+
+
+def test_held_out_split_gives_overrides_that_train_on_half_the_validation_photos(data_root, tmp_path, capsys):
+    """scripts/held_out_split.py: Hydra accepts its overrides; the new run learns on the first half of the
+    network's validation photos, chooses on the rest, and is tested on the network's own test photos."""
+    from tests.conftest import load_script
+
+    script = load_script("held_out_split").main
+    split = {"train": ["0001", "0002"], "val": ["0003", "0004", "0005", "0006"], "test": ["0007", "0008"]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    result = script([str(tmp_path / "split.json")])
+    assert capsys.readouterr().out.startswith("'~data.split' '+data.split={train:[")
+    cfg = compose_cfg("train", [*small_overrides(data_root, tmp_path), *result])
+    assert dict(cfg.data.split) == {"train": ["0003", "0004"], "val": ["0005", "0006"], "test": ["0007", "0008"]}
+    with pytest.raises(SystemExit, match="leaves one part empty"):
+        script([str(tmp_path / "split.json"), "--train-fraction", "0.1"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        script([str(tmp_path / "missing.json")])
