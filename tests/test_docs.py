@@ -33,7 +33,8 @@ PLACEHOLDER = "PLACEHOLDER"
 
 def command_texts(text: str) -> list[str]:
     """Every command of a Markdown text: from code blocks (one a line, `\\`-continued, up to a `#` comment)
-    and from inline code spans (which may wrap across lines)."""
+    and from inline code spans (which may wrap across lines). A shell substitution `$(command)` is a command
+    of its own, and a placeholder in the command around it (the words it prints)."""
     commands, spans = [], []
     blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
     for block in blocks:
@@ -41,6 +42,9 @@ def command_texts(text: str) -> list[str]:
             spans.append(re.split(r"\s#\s|\s#$", line)[0])
     prose = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.S | re.M)
     spans += [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", prose)]
+    for inner in [m for span in spans for m in re.findall(r"\$\(([^()]*)\)", span)]:
+        spans.append(inner)
+    spans = [re.sub(r"\$\([^()]*\)", "<the words it prints>", span) for span in spans]
     for span in spans:
         starts = [m.start() for m in START.finditer(span)]
         for a, b in zip(starts, [*starts[1:], len(span)]):
@@ -193,6 +197,8 @@ def test_placeholders_and_optional_arguments_are_filled():
     assert tokens("python eval.py ckpt_path=<best>.ckpt [postprocess=[none,crf]] 'tta_scales=[1.0]'") == [
         "python", "eval.py", f"ckpt_path={PLACEHOLDER}.ckpt", "postprocess=[none,crf]", "tta_scales=[1.0]"]
     assert tokens("python train.py ... <the same overrides> x=1") == ["python", "train.py", PLACEHOLDER, "x=1"]
+    assert command_texts("```bash\npython train.py x=1 $(python scripts/s.py <run>/split.json)\n```") == [
+        "python train.py x=1 <the words it prints>", "python scripts/s.py <run>/split.json"]
     assert tokens("python s.py --ckpt <c> [--tta] [--scales 1 1.25]") == [
         "python", "s.py", "--ckpt", PLACEHOLDER, "--tta", "--scales", "1", "1.25"]
     assert "data/street" in documented_configs()
