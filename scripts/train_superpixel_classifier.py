@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     chosen, (held_model, held_photos) = best
     print(f"Chosen on validation: {chosen['params']}, blend {chosen['blend']} ({100 * chosen['val_miou']:.2f}%; "
           f"the network alone {100 * network:.2f}%, the superpixel vote on the same superpixels {100 * vote:.2f}%)")
-    model = fitted(chosen["params"], photos[args.fit_on], k)
+    # --fit-on train: the chosen row's model is the final one; --fit-on val: trained again on every photo
+    model = held_model if args.fit_on == "train" else fitted(chosen["params"], photos["val"], k)
     xv, yv, wv = stacked(held_photos)
     importance = permutation_importance(held_model, xv, yv, sample_weight=wv, n_repeats=3, random_state=0, n_jobs=1)
     features = feature_names(names)

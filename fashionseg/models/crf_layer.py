@@ -31,6 +31,7 @@ from torch import nn
 from fashionseg.models.permutohedral import (
     PermutohedralLattice,
     block_means,
+    downsample_factor,
     lifted,
     maybe_compiled,
     pixel_xy,
@@ -87,9 +88,7 @@ class MeanFieldCRF(nn.Module):
         super().__init__()
         if iterations < 1:
             raise ValueError(f"crf_layer.iterations must be >= 1, got {iterations}.")
-        if downsample != int(downsample) or downsample < 1:
-            raise ValueError(f"crf_layer.downsample must be an integer >= 1 (1: full resolution), got {downsample}.")
-        self.downsample = int(downsample)
+        self.downsample = downsample_factor(downsample, "crf_layer.downsample")
         for name, value in (("gaussian_sxy", gaussian_sxy), ("bilateral_sxy", bilateral_sxy),
                             ("bilateral_srgb", bilateral_srgb)):
             if value <= 0:

@@ -241,9 +241,7 @@ class TorchDenseCRF:
     def __init__(self, iterations: int = 5, gaussian_sxy: float = 3.0, gaussian_compat: float = 3.0,
                  bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0, bilateral_compat: float = 10.0,
                  device: str | torch.device | None = None, compile: bool = True, downsample: int = 1):
-        if downsample != int(downsample) or downsample < 1:
-            raise ValueError(f"downsample must be an integer >= 1 (1: full resolution), got {downsample}.")
-        self.iterations, self.downsample = iterations, int(downsample)
+        self.iterations, self.downsample = iterations, downsample_factor(downsample)
         self.gaussian_sxy, self.gaussian_compat = gaussian_sxy, gaussian_compat
         self.bilateral_sxy, self.bilateral_srgb, self.bilateral_compat = bilateral_sxy, bilateral_srgb, bilateral_compat
         self.device = torch.device(device) if device else None
@@ -468,6 +466,13 @@ def mean_field_step(unary: torch.Tensor, bilateral: torch.Tensor, bilateral_idx:
         return pairwise
     x = unary + pairwise
     return argmax_rows(x) if out == "labels" else softmax_rows(x)
+
+
+def downsample_factor(value, key: str = "downsample") -> int:
+    """A CRF's ``downsample`` as an int, or a ValueError naming the config ``key``."""
+    if value != int(value) or value < 1:
+        raise ValueError(f"{key} must be an integer >= 1 (1: full resolution), got {value}.")
+    return int(value)
 
 
 def in_pixel_order(rows: torch.Tensor, order: torch.Tensor, shape: tuple) -> torch.Tensor:

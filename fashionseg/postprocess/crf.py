@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fashionseg.models.permutohedral import downsample_factor
 from fashionseg.postprocess.base import Refinement, check_batch
 
 # Photos smaller than this on a side are padded (edges repeated) for the torch backend, then cropped back:
@@ -54,13 +55,10 @@ class DenseCRF(Refinement):
             raise ValueError(f"Unknown CRF backend {backend!r}; available: torch, pydensecrf2.")
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}.")
-        if downsample != int(downsample) or downsample < 1:
-            raise ValueError(f"postprocess.crf.downsample must be an integer >= 1 (1: full resolution), "
-                             f"got {downsample}.")
-        if downsample > 1 and backend != "torch":
+        self.downsample = downsample_factor(downsample, "postprocess.crf.downsample")
+        if self.downsample > 1 and backend != "torch":
             raise ValueError(f"postprocess.crf.downsample={downsample} needs backend=torch (pydensecrf2 runs at "
                              "full resolution only).")
-        self.downsample = int(downsample)
         self.iterations, self.backend = iterations, backend
         self.gaussian = (gaussian_sxy, gaussian_compat)
         self.bilateral = (bilateral_sxy, bilateral_srgb, bilateral_compat)
