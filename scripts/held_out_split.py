@@ -9,7 +9,8 @@ A network's probabilities on its own training photos are more confident and more
 photos, so a refinement that learns from them (the trainable CRF layer's stage 1) learns to trust them too
 much. On the run's validation photos they are those of unseen photos. ``--train-fraction`` of them (in the
 split's order) become the training split of the new run, the rest its validation split; the test split is
-the network's, so test scores compare with the network's own.
+the network's, so test scores compare with the network's own. ``--swap`` learns on the rest and chooses on
+the first part: the other fold of a two-fold cross-validation over the validation photos.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ import shlex
 from pathlib import Path
 
 
-def held_out_split(split: dict, train_fraction: float = 0.5) -> dict:
-    """{train, val, test} id lists: the first ``train_fraction`` of ``split["val"]``, the rest, ``split["test"]``."""
+def held_out_split(split: dict, train_fraction: float = 0.5, swap: bool = False) -> dict:
+    """{train, val, test} id lists: the first ``train_fraction`` of ``split["val"]``, the rest, ``split["test"]``
+    (``swap``: the rest, then the first part)."""
     val = list(split["val"])
     cut = round(train_fraction * len(val))
     if not 0 < cut < len(val):
         raise SystemExit(f"--train-fraction {train_fraction} of {len(val)} validation photos leaves one part "
                          "empty: give a fraction that keeps at least one photo on each side.")
-    return {"train": val[:cut], "val": val[cut:], "test": list(split["test"])}
+    first, rest = val[:cut], val[cut:]
+    if swap:
+        first, rest = rest, first
+    return {"train": first, "val": rest, "test": list(split["test"])}
 
 
 def overrides(split: dict) -> list[str]:
@@ -41,6 +46,8 @@ def main(argv: list[str] | None = None) -> list[str]:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("split", help="a run's split.json (its train, val and test ids)")
     p.add_argument("--train-fraction", type=float, default=0.5, help="the share of validation photos to learn on")
+    p.add_argument("--swap", action="store_true",
+                   help="learn on the rest and choose on the first part (the other fold of a two-fold split)")
     args = p.parse_args(argv)
     path = Path(args.split)
     if not path.is_file():
@@ -48,7 +55,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     split = json.loads(path.read_text())
     if not {"val", "test"} <= set(split):
         raise SystemExit(f"{path} has no val and test id lists (keys: {sorted(split)}): give a run's split.json.")
-    result = overrides(held_out_split(split, args.train_fraction))
+    result = overrides(held_out_split(split, args.train_fraction, args.swap))
     print(" ".join(shlex.quote(o) for o in result))
     return result
 

@@ -200,6 +200,65 @@ def test_learning_keeps_small_parts_that_potts_smoothing_erases():
     assert not torch.equal(crf.kernel_weights.detach(), torch.tensor([5.0, 3.0]))
 
 
+def test_the_learned_unary_starts_as_the_plain_layer_has_exact_gradients_and_corrects_a_biased_network(tmp_path):
+    """learn_unary: x = a * log p + b - pairwise. At a = 1, b = 0 the layer is the plain one (full and half
+    resolution); gradcheck in a and b; a toy network whose scores favour class 0 by a constant on every pixel (a
+    class prior it got wrong) misses all of class 1, and a few steps must learn b[1] - b[0] past that constant."""
+    from fashionseg.training.callbacks.crf_layer import CRFLayerMonitor
+
+    g = torch.Generator().manual_seed(7)
+    rgb = (torch.rand(1, 3, 20, 16, generator=g) * 255).to(torch.uint8)
+    logits = torch.randn(1, 3, 20, 16, generator=g) * 2
+    kwargs = dict(gaussian_sxy=3, gaussian_weight=1, bilateral_sxy=20, bilateral_srgb=13, bilateral_weight=3)
+    for downsample in (1, 2):
+        plain = MeanFieldCRF(3, 3, downsample=downsample, **kwargs)
+        learned = MeanFieldCRF(3, 3, downsample=downsample, learn_unary=True, **kwargs)
+        with torch.no_grad():
+            assert torch.allclose(plain(rgb, logits), learned(rgb, logits), atol=1e-5)
+    assert "unary_bias" not in plain.state_dict() and set(learned.state_dict()) >= {"unary_weight", "unary_bias"}
+    crf = MeanFieldCRF(3, 1, learn_unary=True, **kwargs).double()
+    params = {name: p.detach().clone() for name, p in crf.named_parameters()}
+    a = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([0.2, -0.1, 0.4], dtype=torch.float64, requires_grad=True)
+
+    def step(a, b):
+        return functional_call(crf, {**params, "unary_weight": a, "unary_bias": b}, (rgb.double()[..., :6, :5],
+                                                                                       logits.double()[..., :6, :5]))
+
+    assert torch.autograd.gradcheck(step, (a, b))
+    # the biased toy: two colour regions, the network right on the left (class 0) and 1 too low for class 1
+    photo, labels = toy_photo(12, 10)
+    net_logits = 3.0 * torch.nn.functional.one_hot(labels, 2).permute(2, 0, 1)[None].float()
+    net_logits[:, 0] += 4.0
+    crf = MeanFieldCRF(2, iterations=3, gaussian_sxy=2.0, bilateral_sxy=4.0, bilateral_srgb=30.0, learn_unary=True,
+                       learn_compatibility=False, learn_weights=False)  # only the unary can mend it
+
+    def right():
+        with torch.no_grad():
+            return float((crf(photo, net_logits).argmax(1)[0] == labels).float().mean())
+
+    before = right()
+    optimiser = torch.optim.Adam(crf.parameters(), lr=0.1)
+    for _ in range(40):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(crf(photo, net_logits), labels[None]).backward()
+        optimiser.step()
+    assert before == 0.5 and right() == 1.0
+    bias = crf.unary_bias.detach()
+    assert bias[1] - bias[0] > 0.5  # class 1 raised against class 0
+    # the monitor logs a and b as scalars, and writes them to learned.json
+    logged = {}
+    module = types.SimpleNamespace(net=CRFLayerNetwork(torch.nn.Identity(), crf), class_names=["a", "b"],
+                                   log_dict=lambda values, **k: logged.update(values))
+    trainer = types.SimpleNamespace(sanity_checking=False, is_global_zero=True, default_root_dir=str(tmp_path),
+                                    current_epoch=0, loggers=[], global_step=0)
+    CRFLayerMonitor().on_validation_epoch_end(trainer, module)
+    assert set(logged) >= {"crf/unary_weight", "crf/unary_bias_a", "crf/unary_bias_b"}
+    saved = json.loads((tmp_path / "crf_layer" / "learned.json").read_text())
+    assert saved["unary_bias"] == pytest.approx(bias.tolist()) and saved["unary_weight"] == pytest.approx(
+        crf.unary_weight.item())
+
+
 def test_frozen_network_gets_no_gradient_and_stays_in_eval_mode():
     from fashionseg.models import deeplabv3plus
 
@@ -214,7 +273,8 @@ def test_frozen_network_gets_no_gradient_and_stays_in_eval_mode():
 
 @pytest.fixture(scope="module")
 def crf_run(data_root, tmp_path_factory):
-    """A tiny network's checkpoint, then the layer's stage 1 on it (one epoch): the checkpoint and the run folder."""
+    """A tiny network's checkpoint, then the layer's stage 1 on it (one epoch, with a learned unary): the checkpoint
+    and the run folder."""
     from fashionseg.training.train import train
 
     base = tmp_path_factory.mktemp("crf_layer")
@@ -222,7 +282,7 @@ def crf_run(data_root, tmp_path_factory):
     common = ["model.net.encoder_weights=null", "task=fashion", "trainer.max_epochs=1",
               "callbacks.prediction_images=null"]
     train(compose_cfg("train", [*small_overrides(data_root, base / "crf"), *common, "crf_layer=frozen",
-                                f"crf_layer.network={ckpt}", "crf_layer.iterations=2"]))
+                                f"crf_layer.network={ckpt}", "crf_layer.iterations=2", "crf_layer.learn_unary=true"]))
     return ckpt, base / "crf"
 
 
@@ -244,9 +304,12 @@ def test_stage_one_learns_the_layer_alone_and_the_checkpoint_round_trips_through
     assert np.allclose(learned["compatibility"], state["net.crf.compatibility"].numpy(), atol=1e-6)
     assert (run / "crf_layer" / "compatibility.png").stat().st_size > 1000
     metrics = (run / "csv" / "metrics.csv").read_text()
-    assert "crf/bilateral_weight" in metrics
+    assert "crf/bilateral_weight" in metrics and "crf/unary_weight" in metrics
+    assert not torch.equal(state["net.crf.unary_bias"], torch.zeros(7)), "the unary's biases did not move"
 
-    assert isinstance(load_network(ckpt).net, CRFLayerNetwork)
+    loaded = load_network(ckpt).net
+    assert isinstance(loaded, CRFLayerNetwork) and torch.equal(loaded.crf.unary_bias.detach(),
+                                                                state["net.crf.unary_bias"])
     result = evaluate(compose_cfg("eval", [f"ckpt_path={ckpt}", f"data.root={data_root}",
                                            f"paths.output_dir={tmp_path / 'eval'}"]))
     assert 0.0 <= result["scores"]["miou"] <= 1.0
@@ -310,7 +373,8 @@ def test_crf_benchmark_has_the_layers_rows_beside_pydensecrf2(crf_run, data_root
 
 def test_held_out_split_gives_overrides_that_train_on_half_the_validation_photos(data_root, tmp_path, capsys):
     """scripts/held_out_split.py: Hydra accepts its overrides; the new run learns on the first half of the
-    network's validation photos, chooses on the rest, and is tested on the network's own test photos."""
+    network's validation photos, chooses on the rest (--swap: the other way round), and is tested on the network's
+    own test photos."""
     from tests.conftest import load_script
 
     script = load_script("held_out_split").main
@@ -320,6 +384,9 @@ def test_held_out_split_gives_overrides_that_train_on_half_the_validation_photos
     assert capsys.readouterr().out.startswith("'~data.split' '+data.split={train:[")
     cfg = compose_cfg("train", [*small_overrides(data_root, tmp_path), *result])
     assert dict(cfg.data.split) == {"train": ["0003", "0004"], "val": ["0005", "0006"], "test": ["0007", "0008"]}
+    swapped = compose_cfg("train", [*small_overrides(data_root, tmp_path),
+                                    *script([str(tmp_path / "split.json"), "--swap"])])
+    assert dict(swapped.data.split) == {"train": ["0005", "0006"], "val": ["0003", "0004"], "test": ["0007", "0008"]}
     with pytest.raises(SystemExit, match="leaves one part empty"):
         script([str(tmp_path / "split.json"), "--train-fraction", "0.1"])
     with pytest.raises(SystemExit, match="does not exist"):

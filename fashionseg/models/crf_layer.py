@@ -9,9 +9,12 @@ weighs the two messages, applies a label compatibility matrix and adds the netwo
 
 Learned: the compatibility matrix (classes x classes, initialised to Potts, 1 - identity), or one per kernel
 (``per_kernel_compatibility``, as Zheng et al.: x = unary - w_b k_b(Q) @ C_b.T - w_s k_s(Q) @ C_s.T), and the
-two kernel weights. Initialised with the hand-tuned CRF's parameters, the layer computes what that CRF
-computes (the same labels); training moves it from there. The kernel widths stay fixed (config): the
-lattice is built from rounded lattice positions, so the filter has no gradient in them.
+two kernel weights; optionally (``learn_unary``) a weight a and per-class biases b on the unary, which becomes
+a * log p + b (a temperature and a class prior for the network's probabilities, which the network's own
+training does not fit to new photos). Initialised with the hand-tuned CRF's parameters (a = 1, b = 0), the
+layer computes what that CRF computes (the same labels); training moves it from there. The kernel widths
+stay fixed (config): the lattice is built from rounded lattice positions, so the filter has no gradient in
+them.
 
 The backward pass through the lattice is exact: the filter is linear in Q, so its gradient is the
 transposed filter, which the lattice runs with the same steps (``PermutohedralLattice.adjoint``: splat and
@@ -76,6 +79,8 @@ class MeanFieldCRF(nn.Module):
         learn_weights: learn the two kernel weights (else fixed).
         per_kernel_compatibility: one compatibility matrix per kernel, (2, K, K): [bilateral, spatial], both
             from Potts (the same start as one shared matrix).
+        learn_unary: learn the unary's weight a (from 1) and per-class biases b (from 0): x = a * log p + b -
+            the pairwise terms. Off: a = 1, b = 0, no parameters (checkpoints without them still load).
         downsample: at inference (no gradient) only: 1, or s > 1 to run the mean field on s x s block averages
             and lift its pairwise term back to the full-resolution unary, as the hand-tuned CRF's ``downsample``
             (``TorchDenseCRF``). Training always runs at full resolution.
@@ -84,7 +89,7 @@ class MeanFieldCRF(nn.Module):
     def __init__(self, num_classes: int, iterations: int = 5, gaussian_sxy: float = 3.0, gaussian_weight: float = 3.0,
                  bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0, bilateral_weight: float = 10.0,
                  learn_compatibility: bool = True, learn_weights: bool = True, downsample: int = 1,
-                 per_kernel_compatibility: bool = False):
+                 per_kernel_compatibility: bool = False, learn_unary: bool = False):
         super().__init__()
         if iterations < 1:
             raise ValueError(f"crf_layer.iterations must be >= 1, got {iterations}.")
@@ -101,6 +106,11 @@ class MeanFieldCRF(nn.Module):
         self.compatibility = nn.Parameter(potts, requires_grad=learn_compatibility)
         self.kernel_weights = nn.Parameter(torch.tensor([float(bilateral_weight), float(gaussian_weight)]),
                                            requires_grad=learn_weights)
+        if learn_unary:
+            self.unary_weight = nn.Parameter(torch.tensor(1.0))
+            self.unary_bias = nn.Parameter(torch.zeros(num_classes))
+        else:
+            self.unary_weight = self.unary_bias = None
         self._gauss: dict[tuple, PermutohedralLattice] = {}
 
     def extra_repr(self) -> str:
@@ -114,10 +124,21 @@ class MeanFieldCRF(nn.Module):
 
     def learned(self) -> dict:
         """The learned parameters as plain numbers: ``compatibility`` (K x K lists, or 2 x K x K: bilateral,
-        spatial) and both kernel weights."""
+        spatial), both kernel weights and, with ``learn_unary``, ``unary_weight`` and ``unary_bias`` (K)."""
         w = self.kernel_weights.detach().cpu().tolist()
-        return {"compatibility": self.compatibility.detach().cpu().tolist(), "bilateral_weight": w[0],
-                "gaussian_weight": w[1]}
+        out = {"compatibility": self.compatibility.detach().cpu().tolist(), "bilateral_weight": w[0],
+               "gaussian_weight": w[1]}
+        if self.unary_bias is not None:
+            out |= {"unary_weight": self.unary_weight.item(), "unary_bias": self.unary_bias.detach().cpu().tolist()}
+        return out
+
+    def scaled_unary(self, log_probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """The unary a * log p + b with the class axis at ``dim`` (log p itself without ``learn_unary``)."""
+        if self.unary_bias is None:
+            return log_probs
+        shape = [1] * log_probs.dim()
+        shape[dim] = self.num_classes
+        return self.unary_weight * log_probs + self.unary_bias.view(shape)
 
     def lattices(self, rgb: torch.Tensor, factor: int = 1) -> tuple[PermutohedralLattice, PermutohedralLattice]:
         """Normalised bilateral and spatial lattices of images rgb (B, 3, H, W) in colour levels (0-255), both
@@ -167,7 +188,10 @@ class MeanFieldCRF(nn.Module):
         small_logits = small_probs.clamp_min(1e-30).log()
         unary = F.log_softmax(small_logits, 1).clamp(min=UNARY_FLOOR)
         x = self.mean_field(small_rgb.permute(0, 3, 1, 2), small_logits, self.downsample)
-        return maybe_compiled(lifted)(x - unary, probs, "x")
+        x = maybe_compiled(lifted)(x - self.scaled_unary(unary, 1), probs, "x")  # log p + the pairwise term
+        if self.unary_bias is None:
+            return x
+        return x + self.scaled_unary(torch.log(probs.clamp(1e-5, 1.0)), 1) - torch.log(probs.clamp(1e-5, 1.0))
 
     def mean_field(self, rgb: torch.Tensor, logits: torch.Tensor, factor: int = 1) -> torch.Tensor:
         """The layer's logits at the size of ``rgb`` and ``logits`` (kernel widths divided by ``factor``)."""
@@ -178,7 +202,7 @@ class MeanFieldCRF(nn.Module):
         if dtype != torch.float32:
             bilateral, gauss = bilateral.to(dtype), gauss.to(dtype)
         rows = logits.permute(0, 2, 3, 1).reshape(b * h * w, k)[order]  # (B * N, K) in the lattice's order
-        unary = F.log_softmax(rows, 1).clamp(min=UNARY_FLOOR)
+        unary = self.scaled_unary(F.log_softmax(rows, 1).clamp(min=UNARY_FLOOR))
         x = unary
         shared = self.compatibility.dim() == 2
         if torch.is_grad_enabled():

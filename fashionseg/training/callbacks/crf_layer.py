@@ -18,7 +18,8 @@ from fashionseg.models.crf_layer import CRFLayerNetwork
 
 
 class CRFLayerMonitor(L.Callback):
-    """Logs ``crf/bilateral_weight`` and ``crf/gaussian_weight``, writes ``<run>/crf_layer/compatibility.png``
+    """Logs ``crf/bilateral_weight`` and ``crf/gaussian_weight`` (with ``learn_unary``, ``crf/unary_weight`` and
+    ``crf/unary_bias_<class>`` too), writes ``<run>/crf_layer/compatibility.png``
     (with one matrix per kernel: ``compatibility_bilateral.png`` and ``compatibility_spatial.png``) and
     ``learned.json``, and sends the heat maps to W&B / TensorBoard as ``crf/compatibility`` (``crf/<the file's
     name>``). A run without the layer: nothing."""
@@ -28,8 +29,12 @@ class CRFLayerMonitor(L.Callback):
         if trainer.sanity_checking or not isinstance(net, CRFLayerNetwork):
             return
         learned = net.crf.learned()
-        module.log_dict({"crf/bilateral_weight": learned["bilateral_weight"],
-                         "crf/gaussian_weight": learned["gaussian_weight"]}, add_dataloader_idx=False)
+        scalars = {"crf/bilateral_weight": learned["bilateral_weight"],
+                   "crf/gaussian_weight": learned["gaussian_weight"]}
+        if "unary_bias" in learned:  # learn_unary: the unary's weight and one bias per class
+            scalars["crf/unary_weight"] = learned["unary_weight"]
+            scalars |= {f"crf/unary_bias_{name}": b for name, b in zip(module.class_names, learned["unary_bias"])}
+        module.log_dict(scalars, add_dataloader_idx=False)
         if not trainer.is_global_zero:
             return
         folder = Path(trainer.default_root_dir) / "crf_layer"
