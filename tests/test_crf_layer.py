@@ -303,6 +303,9 @@ def test_stage_one_learns_the_layer_alone_and_the_checkpoint_round_trips_through
     learned = json.loads((run / "crf_layer" / "learned.json").read_text())
     assert np.allclose(learned["compatibility"], state["net.crf.compatibility"].numpy(), atol=1e-6)
     assert (run / "crf_layer" / "compatibility.png").stat().st_size > 1000
+    tested = json.loads((run / "crf_layer" / "tested.json").read_text())  # the parameters the test scored
+    assert tested["checkpoint"] == str(ckpt) and tested["unary_bias"] == pytest.approx(
+        state["net.crf.unary_bias"].tolist())
     metrics = (run / "csv" / "metrics.csv").read_text()
     assert "crf/bilateral_weight" in metrics and "crf/unary_weight" in metrics
     assert not torch.equal(state["net.crf.unary_bias"], torch.zeros(7)), "the unary's biases did not move"

@@ -19,10 +19,10 @@ from fashionseg.models.crf_layer import CRFLayerNetwork
 
 class CRFLayerMonitor(L.Callback):
     """Logs ``crf/bilateral_weight`` and ``crf/gaussian_weight`` (with ``learn_unary``, ``crf/unary_weight`` and
-    ``crf/unary_bias_<class>`` too), writes ``<run>/crf_layer/compatibility.png``
-    (with one matrix per kernel: ``compatibility_bilateral.png`` and ``compatibility_spatial.png``) and
-    ``learned.json``, and sends the heat maps to W&B / TensorBoard as ``crf/compatibility`` (``crf/<the file's
-    name>``). A run without the layer: nothing."""
+    ``crf/unary_bias_<class>`` too), writes ``<run>/crf_layer/compatibility.png`` (with one matrix per kernel:
+    ``compatibility_bilateral.png`` and ``compatibility_spatial.png``) and ``learned.json`` (the last epoch's;
+    ``tested.json``: the tested checkpoint's), and sends the heat maps to W&B / TensorBoard as
+    ``crf/compatibility`` (``crf/<the file's name>``). A run without the layer: nothing."""
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module) -> None:
         net = getattr(module, "net", None)
@@ -49,6 +49,16 @@ class CRFLayerMonitor(L.Callback):
             png = compatibility_figure(matrix, module.class_names, title)
             write_atomic(folder / f"{name}.png", lambda f, png=png: f.write(png))
             self.send_image(trainer, f"crf/{name}", png)
+
+    def on_test_start(self, trainer: L.Trainer, module) -> None:
+        """``<run>/crf_layer/tested.json``: the parameters of the checkpoint the test scores (the best epoch's;
+        ``learned.json`` is the last epoch's)."""
+        net = getattr(module, "net", None)
+        if not isinstance(net, CRFLayerNetwork) or not trainer.is_global_zero:
+            return
+        doc = json.dumps({"checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+                          "class_names": module.class_names, **net.crf.learned()}, indent=1)
+        write_atomic(Path(trainer.default_root_dir) / "crf_layer" / "tested.json", lambda f: f.write(doc.encode()))
 
     @staticmethod
     def send_image(trainer: L.Trainer, key: str, png: bytes) -> None:
