@@ -5,6 +5,7 @@ through train, eval, predict and export."""
 from __future__ import annotations
 
 import json
+import math
 import types
 
 import numpy as np
@@ -216,6 +217,17 @@ def test_the_learned_unary_starts_as_the_plain_layer_has_exact_gradients_and_cor
         with torch.no_grad():
             assert torch.allclose(plain(rgb, logits), learned(rgb, logits), atol=1e-5)
     assert "unary_bias" not in plain.state_dict() and set(learned.state_dict()) >= {"unary_weight", "unary_bias"}
+    # a learned unary away from its start, with no pairwise term: the half-resolution inference gives a * log p + b
+    # at full resolution (the unary is not only in the small mean field)
+    with torch.no_grad():
+        learned.unary_weight.fill_(0.5)
+        learned.unary_bias.copy_(torch.tensor([0.0, 3.0, -1.0]))
+        learned.kernel_weights.zero_()
+        expected = 0.5 * torch.log_softmax(logits, 1).clamp(min=math.log(1e-5)) + torch.tensor([0.0, 3.0, -1.0]).view(
+            1, 3, 1, 1)
+        assert learned.downsample == 2 and torch.allclose(learned(rgb, logits), expected, atol=1e-4)
+        learned.downsample = 1
+        assert torch.allclose(learned(rgb, logits), expected, atol=1e-4)
     crf = MeanFieldCRF(3, 1, learn_unary=True, **kwargs).double()
     params = {name: p.detach().clone() for name, p in crf.named_parameters()}
     a = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
