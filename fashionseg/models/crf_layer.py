@@ -191,7 +191,8 @@ class MeanFieldCRF(nn.Module):
         x = maybe_compiled(lifted)(x - self.scaled_unary(unary, 1), probs, "x")  # log p + the pairwise term
         if self.unary_bias is None:
             return x
-        return x + self.scaled_unary(torch.log(probs.clamp(1e-5, 1.0)), 1) - torch.log(probs.clamp(1e-5, 1.0))
+        log_p = torch.log(probs.clamp(1e-5, 1.0))  # lifted's unary, replaced by the learned one
+        return x + self.scaled_unary(log_p, 1) - log_p
 
     def mean_field(self, rgb: torch.Tensor, logits: torch.Tensor, factor: int = 1) -> torch.Tensor:
         """The layer's logits at the size of ``rgb`` and ``logits`` (kernel widths divided by ``factor``)."""
