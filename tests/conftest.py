@@ -59,13 +59,13 @@ def make_sample(rng: np.random.Generator, h: int = H, w: int = W) -> tuple[np.nd
     return np.clip(image, 0, 255).astype(np.uint8), clothes, person
 
 
-def write_dataset(root: Path, n: int, seed: int = 0) -> Path:
-    """Write ``n`` samples as images/NNNN.jpg, labels/NNNN_person.png, labels/NNNN_clothes.png."""
+def write_dataset(root: Path, n: int, seed: int = 0, h: int = H, w: int = W) -> Path:
+    """Write ``n`` samples (h x w) as images/NNNN.jpg, labels/NNNN_person.png, labels/NNNN_clothes.png."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "labels").mkdir(exist_ok=True)
     for i in range(1, n + 1):
-        image, clothes, person = make_sample(rng)
+        image, clothes, person = make_sample(rng, h, w)
         Image.fromarray(image).save(root / "images" / f"{i:04d}.jpg", quality=95)
         write_palette_png(root / "labels" / f"{i:04d}_clothes.png", clothes)
         write_palette_png(root / "labels" / f"{i:04d}_person.png", person)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from fashionseg.postprocess import DenseCRF, EdgeRegionVote, GuidedFilter, Identity, SmallRegionCleanup, SuperpixelVote
 from fashionseg.postprocess.superpixel import vote
@@ -149,6 +151,64 @@ def test_guided_filter_of_two_classes_equals_filtering_both_and_batches_equal_on
                        (dict(radius=4, subsample=5), "subsample must be"), (dict(eps=0), "eps must be")):
         with pytest.raises(ValueError, match=match):
             GuidedFilter(**bad)
+
+
+def test_lifted_guided_filter_puts_a_coarse_mask_on_the_photos_edge():
+    """lift=True: probabilities at half the photo's resolution, their boundary two photo pixels off, are lifted onto
+    the photo's edge (bilinear resizing keeps them off); photo-size probabilities are filtered as without lift."""
+    h, w, edge = 120, 80, 41
+    rng = np.random.default_rng(0)
+    image = np.full((h, w, 3), 40.0)
+    image[:, edge:] = 200
+    image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    truth = np.zeros((h, w), np.uint8)
+    truth[:, edge:] = 1
+    x = (np.arange(w // 2) + 0.5) * 2 - 0.5  # the coarse pixels' centres, in photo pixels
+    p1 = np.repeat(1 / (1 + np.exp(-(x - (edge - 0.5 + 2)) / 3.0))[None], h // 2, 0)
+    coarse = np.stack([1 - p1, p1]).astype(np.float32)
+    resized = F.interpolate(torch.from_numpy(coarse)[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    assert ((resized.argmax(0).numpy() != truth).sum(1) == 2).all()  # bilinear lifting keeps the shift
+    refine = GuidedFilter(radius=8, eps=1e-3, guide="gray", subsample=1, lift=True)
+    assert refine.lifts
+    lifted = refine(image, coarse)
+    assert lifted.shape == (h, w) and (lifted != truth).sum(1).mean() < 0.1
+    plain = GuidedFilter(radius=8, eps=1e-3, guide="gray", subsample=1)
+    assert (refine(image, resized.numpy()) == plain(image, resized.numpy())).all()
+    assert (refine.refine_batch(image[None], coarse[None])[0] == lifted).all()
+    with pytest.raises(ValueError, match="resize the probabilities to the photo's size"):
+        plain(image, coarse)  # a refinement that does not lift refuses them
+    with pytest.raises(ValueError, match="set guided.guide=gray"):
+        GuidedFilter(guide="rgb", lift=True)
+
+
+def test_refinements_that_lift_get_the_networks_resolution_in_predict_and_eval(person_ckpt, data_root, tmp_path,
+                                                                               monkeypatch):
+    """predict.py and eval.py hand a lifting refinement the network's probabilities unresized (where the network
+    runs smaller than the photo)."""
+    import fashionseg.postprocess.guided as guided
+    from fashionseg.evaluation.evaluate import evaluate
+    from fashionseg.serving.predict import predict
+    from tests.conftest import compose_cfg, write_dataset
+
+    seen = []
+    lift_it = guided.guided_lift
+    monkeypatch.setattr(guided, "guided_lift", lambda photo, probs, *args: seen.append(
+        (photo.shape[:2], probs.shape[-2:])) or lift_it(photo, probs, *args))
+    big = tmp_path / "big"
+    big.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (192, 128, 3), dtype=np.uint8)).save(big / "a.png")
+    lift = ["postprocess=guided", "postprocess.guided.lift=true", "postprocess.guided.guide=gray",
+            "postprocess.guided.radius=4", "postprocess.guided.subsample=1"]
+    summary = predict(compose_cfg("predict", [f"ckpt_path={person_ckpt}", f"input={big}", f"output={tmp_path / 'p'}",
+                                              f"paths.output_dir={tmp_path / 'p'}", *lift]))
+    assert len(summary["written"]) == 1 and seen == [((192, 128), (96, 64))]
+    seen.clear()
+    twice = write_dataset(tmp_path / "twice", 20, h=192, w=128)  # the checkpoint's photos (ids, split), twice the size
+    overrides = [f"ckpt_path={person_ckpt}", f"data.root={twice}", "trainer.precision=32-true",
+                 f"paths.output_dir={tmp_path / 'e'}", "postprocess=[none,guided]", *lift[1:]]
+    result = evaluate(compose_cfg("eval", overrides))
+    assert len(seen) == 8 and set(seen) == {((192, 128), (96, 64))}  # the 8 test photos
+    assert 0 < result["refinements"]["guided"]["miou"] <= 1
 
 
 def test_crf_batch_equals_one_by_one():

@@ -270,3 +270,20 @@ def test_predict_killed_while_writing_leaves_only_whole_pictures(person_ckpt, tm
     pictures = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert pictures or list(out.iterdir()), "killed before writing"
     assert all(decodes(p) for p in pictures)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_label_maps_are_the_arg_max_of_the_resized_logits(classes):
+    """Two classes take a shortcut (their logits' difference resized, not both): the same labels as the arg-max of
+    ``scores``; more classes the arg-max itself. The photo is cropped out of the padded input and resized up."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, classes, 1, bias=False), torch.nn.AvgPool2d(5, 1, 2))
+    net[0].weight.data = torch.eye(3)[:classes, :, None, None]  # class c: colour channel c, smoothed
+    predictor = Predictor(lambda x: {"out": net(x.float())}, [f"c{i}" for i in range(classes)], image_size=[64, 32])
+    photo = np.random.default_rng(0).integers(0, 256, (90, 61, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = predictor.scores([photo])[0].argmax(0).numpy()
+        labels = predictor([photo])[0]
+    assert labels.shape == (90, 61) and labels.dtype == np.uint8
+    assert len(np.unique(expected)) == classes  # not a trivial map
+    assert (labels == expected).mean() > 0.9999

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fashionseg.core.heads import Head, head_label
+from fashionseg.inference.logits import crop_and_resize, lift_size
 from fashionseg.postprocess.base import Refinement
 
 
@@ -30,6 +31,7 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
     metrics = {name: module.split_metrics(head) for name in refinements}  # void pixels: scored by none either
     seconds, timed = dict.fromkeys(refinements, 0.0), 0
     network_s, device = 0.0, module.device
+    lifting = any(refine.lifts for refine in refinements.values())
     module.eval()
     for start in range(0, len(dataset), batch_size):
         idx = list(range(start, min(start + batch_size, len(dataset))))
@@ -39,23 +41,27 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
         timing = start > 0 or len(dataset) <= batch_size  # the first batch warms up
         timed += len(idx) if timing else 0
         t = time.perf_counter()
-        probs = []
+        probs, coarse = [], []  # at the photos' size; at the network's, for refinements that lift them (lifts)
         same = len({tuple(it["image"].shape) for it in items}) == 1 and len({lab.shape for lab in labels}) == 1
         groups = [idx] if same else [[i] for i in idx]
         for group in groups:
             pos = [idx.index(i) for i in group]
             images = torch.stack([items[p]["image"] for p in pos]).to(device)
+            valid_hw = items[pos[0]]["valid_hw"]
             with precision_context() if precision_context else contextlib.nullcontext():
-                logits = module.predict_logits(images, items[pos[0]]["valid_hw"][None], labels[pos[0]].shape)
-            logits = logits[:, head.channels]
-            probs += list(logits.softmax(1).float().cpu())
+                logits = module.predict_logits(images, valid_hw[None], valid_hw)[:, head.channels]  # cropped
+                probs += list(crop_and_resize(logits, valid_hw, labels[pos[0]].shape).softmax(1).float().cpu())
+            if lifting:
+                size = lift_size(valid_hw, labels[pos[0]].shape)
+                coarse += list(crop_and_resize(logits, valid_hw, size).softmax(1).float().cpu())
         network_s += time.perf_counter() - t
         for name, refine in refinements.items():
             t = time.perf_counter()
+            given = coarse if refine.lifts else probs
             if hasattr(refine, "refine_batch") and len({p.shape for p in photos}) == 1:
-                preds = refine.refine_batch(np.stack(photos), torch.stack(probs).numpy())
+                preds = refine.refine_batch(np.stack(photos), torch.stack(given).numpy())
             else:
-                preds = [refine(photo, p) for photo, p in zip(photos, probs)]
+                preds = [refine(photo, p) for photo, p in zip(photos, given)]
             seconds[name] += time.perf_counter() - t if timing else 0.0
             for pred, true in zip(preds, labels):
                 pred = torch.as_tensor(np.asarray(pred), dtype=torch.int64)

@@ -63,6 +63,14 @@ def _unit(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0 if images.dtype == torch.uint8 else images
 
 
+def lift_size(valid_hw: Sequence[int] | torch.Tensor, size: Sequence[int]) -> tuple[int, int]:
+    """The size of probabilities handed to a refinement that lifts them (``Refinement.lifts``): the network's own
+    resolution (the photo's area ``valid_hw`` in its input) where it is no larger than the photo's ``size``, else
+    the photo's."""
+    valid = tuple(int(v) for v in valid_hw)
+    return valid if all(v <= s for v, s in zip(valid, size)) else tuple(int(s) for s in size)
+
+
 def crop_and_resize(logits: torch.Tensor, valid_hw: Sequence[int] | torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Logits (B, K, h, w) of photos padded to the network's input: the padding cropped to the photo's
     area ``valid_hw`` (H', W'), the rest resized (bilinear) to the label's ``size`` (H, W)."""

@@ -23,7 +23,7 @@ from fashionseg.core.io import default_palette
 from fashionseg.data.multiset import primary_data_config
 from fashionseg.data.transforms import EvalTransform
 from fashionseg.inference.checkpoint import TrainedNetwork, load_network
-from fashionseg.inference.logits import Runner, check_scales, crop_and_resize, network_logits
+from fashionseg.inference.logits import Runner, check_scales, crop_and_resize, lift_size, network_logits
 from fashionseg.inference.onnx import OnnxRunner
 from fashionseg.metrics import labels_from_scores
 
@@ -35,6 +35,16 @@ VARIANTS = {
     "bf16+channels_last": dict(channels_last=True, bf16=True),
     "bf16+cl+compile": dict(channels_last=True, bf16=True, compile=True),  # torch.compile, weights frozen
 }
+
+
+def head_labels(logits: torch.Tensor, valid_hw: Sequence[int] | torch.Tensor, size: Sequence[int]) -> np.ndarray:
+    """One head's label map (H, W) uint8 of its logits (1, K, h, w) at the network's input size: the arg-max of
+    the logits cropped and resized to the photo's ``size``. With two classes it resizes their difference
+    instead (the resize is linear: the same labels, up to float rounding on ties), half the work."""
+    if logits.shape[1] == 2:
+        margin = crop_and_resize(logits[:, 1:] - logits[:, :1], valid_hw, size)[0, 0]
+        return (margin > 0).to(torch.uint8).cpu().numpy()
+    return labels_from_scores(crop_and_resize(logits, valid_hw, size)[0], 0).to(torch.uint8).cpu().numpy()
 
 
 class Predictor:
@@ -153,6 +163,11 @@ class Predictor:
 
     def scores(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Logits (K, H, W) float32 on the CPU, one per photo, at each photo's size."""
+        return [crop_and_resize(logits, valid_hw, size)[0].cpu() for logits, valid_hw, size in self._outputs(images)]
+
+    def _outputs(self, images: Sequence[np.ndarray]) -> list[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]]:
+        """Per photo: the network's logits (1, K, h, w) at its input size, the photo's area in them (valid_hw)
+        and the photo's own size, to be cropped and resized (``crop_and_resize``)."""
         for i, image in enumerate(images):
             rgb = isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
             if not (rgb and image.dtype == np.uint8):
@@ -162,7 +177,7 @@ class Predictor:
         items = [self.transform(image) for image in images]
         shapes = {tuple(it["image"].shape) for it in items}
         groups = [list(range(len(items)))] if len(shapes) == 1 else [[i] for i in range(len(items))]
-        result: list[torch.Tensor | None] = [None] * len(items)
+        result: list = [None] * len(items)
         for group in groups:
             batch = torch.stack([items[i]["image"] for i in group]).to(self.device)
             logits = self._logits(batch)
@@ -170,18 +185,25 @@ class Predictor:
                 logits = logits[:, self.channels]
             logits = logits.contiguous()  # channels-last logits make the resize slower
             for j, i in enumerate(group):
-                result[i] = crop_and_resize(logits[j: j + 1], items[i]["valid_hw"], images[i].shape[:2])[0].cpu()
+                result[i] = (logits[j: j + 1], items[i]["valid_hw"], images[i].shape[:2])
         return result
 
-    def probabilities(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+    def probabilities(self, images: Sequence[np.ndarray], lifted: bool = True) -> list[torch.Tensor]:
         """Softmax probabilities (K, H, W) float32 on the CPU, one per photo, at each photo's size; a joint
-        network's heads each sum to one."""
-        return [torch.cat([p.softmax(0) for p in self.split(s).values()]) for s in self.scores(images)]
+        network's heads each sum to one. ``lifted=False``: at the network's resolution instead (the photo's
+        area of its input, not resized; ``lift_size``), for a refinement that lifts them itself
+        (``Refinement.lifts``)."""
+        if lifted:
+            scores = self.scores(images)
+        else:
+            scores = [crop_and_resize(logits, valid_hw, lift_size(valid_hw, size))[0].cpu()
+                      for logits, valid_hw, size in self._outputs(images)]
+        return [torch.cat([p.softmax(0) for p in self.split(s).values()]) for s in scores]
 
     def label_maps(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Every head's label map (H, W) uint8 per photo, ``{task: label}``, from one pass of the network."""
-        return [{task: labels_from_scores(s, 0).to(torch.uint8).numpy() for task, s in self.split(scores).items()}
-                for scores in self.scores(images)]
+        return [{task: head_labels(s[None], valid_hw, size) for task, s in self.split(logits[0]).items()}
+                for logits, valid_hw, size in self._outputs(images)]
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Label maps (H, W) uint8, one per photo (the arg-max of the logits: no softmax needed). A joint

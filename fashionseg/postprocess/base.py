@@ -6,8 +6,10 @@ import numpy as np
 import torch
 
 
-def check_inputs(image: np.ndarray, probs: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and convert: image (H, W, 3) uint8, probs (K, H, W) float32 numpy.
+def check_inputs(image: np.ndarray, probs: np.ndarray | torch.Tensor, lifted: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert: image (H, W, 3) uint8, probs (K, H, W) float32 numpy (``lifted``: (K, h, w) at most
+    the photo's size, for a refinement that lifts the network's own resolution to the photo's).
 
     Raises ValueError saying what is wrong.
     """
@@ -19,28 +21,32 @@ def check_inputs(image: np.ndarray, probs: np.ndarray | torch.Tensor) -> tuple[n
     if not (isinstance(probs, np.ndarray) and probs.ndim == 3 and probs.shape[0] >= 2):
         raise ValueError(f"probs must be a (K, H, W) array of class probabilities with K >= 2, "
                          f"got {getattr(probs, 'shape', type(probs))}.")
-    if probs.shape[1:] != image.shape[:2]:
+    smaller = all(p <= i for p, i in zip(probs.shape[1:], image.shape[:2]))
+    if probs.shape[1:] != image.shape[:2] and not (lifted and smaller):
         raise ValueError(f"probs cover {probs.shape[1:]} pixels but the image is {image.shape[:2]}; "
                          "resize the probabilities to the photo's size first.")
     return image, np.ascontiguousarray(probs, dtype=np.float32)
 
 
-def check_batch(images: np.ndarray, probs: np.ndarray) -> None:
+def check_batch(images: np.ndarray, probs: np.ndarray, lifted: bool = False) -> None:
     """Validate a batch of same-size photos: images (B, H, W, 3) uint8, probs (B, K, H, W); each as ``check_inputs``."""
     if images.ndim != 4 or probs.ndim != 4 or images.shape[0] != probs.shape[0]:
         raise ValueError(f"refine_batch needs images (B, H, W, 3) and probs (B, K, H, W); got {images.shape}, "
                          f"{probs.shape}.")
     for image, p in zip(images, probs):
-        check_inputs(image, p)
+        check_inputs(image, p, lifted)
 
 
 class Refinement:
     """Base class: ``__call__(image, probs) -> label (H, W) uint8``."""
 
     name = "refinement"
+    # True: takes the network's probabilities at the network's resolution (``Predictor.probabilities(photos,
+    # lifted=False)``) and lifts them to the photo's itself; callers then skip resizing them.
+    lifts = False
 
     def __call__(self, image: np.ndarray, probs: np.ndarray | torch.Tensor) -> np.ndarray:
-        image, probs = check_inputs(image, probs)
+        image, probs = check_inputs(image, probs, self.lifts)
         return self.refine(image, probs).astype(np.uint8)
 
     def refine(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:

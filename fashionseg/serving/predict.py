@@ -23,6 +23,7 @@ from fashionseg.core.io import (
     remove_stale_temporaries,
     save_atomic,
 )
+from fashionseg.inference.logits import crop_and_resize
 from fashionseg.inference.predictor import Predictor
 from fashionseg.postprocess import Identity, Refinement
 
@@ -128,10 +129,11 @@ def predict(cfg: DictConfig) -> dict:
                     bar.update(1)
             if not images:
                 continue
-            for path, photo, probs in zip(names, images, predictor.probabilities(images)):
+            for path, photo, probs in zip(names, images, predictor.probabilities(images, lifted=not refine.lifts)):
                 files = []
                 for (task, task_probs), stem in zip(predictor.split(probs).items(), stems[path]):
                     label = refine(photo, task_probs)  # a joint network: every task, one pass
+                    task_probs = crop_and_resize(task_probs[None], task_probs.shape[1:], photo.shape[:2])[0]
                     files += write_outputs(heads[task], photo, task_probs, label, out_dir, stem, cfg.opacity,
                                            cfg.boundaries)
                 written.append(files)
