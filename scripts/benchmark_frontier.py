@@ -87,7 +87,7 @@ def labeller(recipe: dict, trained: TrainedNetwork):
     def label(photo: np.ndarray) -> np.ndarray:
         if refine is None:
             return predictor([photo])[0]
-        return refine(photo, predictor.probabilities([photo], lifted=not refine.lifts)[0])
+        return refine(photo, predictor.probabilities([photo], lifted=not getattr(refine, "lifts", False))[0])
 
     return label
 

@@ -256,7 +256,7 @@ def create_app(checkpoints: dict[str, str | None], max_upload_mb: float = 10.0, 
         del data
         try:
             start = time.perf_counter()
-            probs = model.probabilities([photo], lifted=not refine.lifts)[0]
+            probs = model.probabilities([photo], lifted=not getattr(refine, "lifts", False))[0]
             label = refine(photo, probs)
             probs = crop_and_resize(probs[None], probs.shape[1:], photo.shape[:2])[0]  # as is, unless lifted
             ms = 1000 * (time.perf_counter() - start)

@@ -129,7 +129,8 @@ def predict(cfg: DictConfig) -> dict:
                     bar.update(1)
             if not images:
                 continue
-            for path, photo, probs in zip(names, images, predictor.probabilities(images, lifted=not refine.lifts)):
+            lifted = not getattr(refine, "lifts", False)  # else the network's resolution, which it lifts itself
+            for path, photo, probs in zip(names, images, predictor.probabilities(images, lifted)):
                 files = []
                 for (task, task_probs), stem in zip(predictor.split(probs).items(), stems[path]):
                     label = refine(photo, task_probs)  # a joint network: every task, one pass
