@@ -377,6 +377,19 @@ def test_eval_and_test_end_callback_report_refinements_side_by_side(train_cfg, t
         compose_cfg("eval", [f"ckpt_path={ckpt}", "postprocess=[nope]"])
 
 
+def test_the_refinements_report_builds_its_refinements_when_the_run_starts():
+    """A bad refinement parameter stops a run when its callbacks are made, not after the fit at test end; the
+    refinements are those of the configs read then."""
+    from omegaconf.errors import ConfigKeyError
+
+    from fashionseg.evaluation.callbacks import RefinementReport
+
+    with pytest.raises(ConfigKeyError, match="postprocess.guided.nope"):
+        RefinementReport(methods=["none", "guided"], params={"guided": {"nope": 1}})
+    report = RefinementReport(methods=["none", "guided"], params={"guided": {"radius": 4}})
+    assert list(report.refinements) == ["none", "guided"] and report.refinements["guided"].radius == 4
+
+
 def test_tune_refinements_picks_the_best_validation_setting(person_ckpt, data_root, tmp_path):
     import json
 

@@ -25,14 +25,16 @@ class RefinementReport(L.Callback):
     def __init__(self, methods: Sequence[str] | None = None, batch_size: int = 8, params: dict | None = None):
         self.methods = list(methods) if methods is not None else refinement_names(trained=False)  # every one
         self.batch_size, self.params = batch_size, dict(params or {})
+        # Built now, when the run starts: a bad name or parameter stops the run before it trains, and the
+        # configs read are those of the code this process runs (not files edited during a long fit).
+        self.refinements = load_refinements(self.methods, self.params)
 
     def on_test_end(self, trainer: L.Trainer, module) -> None:
         if not trainer.is_global_zero or trainer.datamodule is None:
             return
         keep_freed_memory()  # a batch job at the end of training: reuse the CRF's large buffers
-        refinements = load_refinements(self.methods, self.params)
         module.refinement_report, per_head = module_refinements(
-            module, trainer.datamodule.datasets["test"], refinements, self.batch_size,
+            module, trainer.datamodule.datasets["test"], self.refinements, self.batch_size,
             trainer.precision_plugin.test_step_context)
         log.info("Refinements on the test split (network: %.1f ms/image):\n%s",
                  next(iter(per_head.values()))["network_ms_per_image"], refinement_tables(module, per_head))
