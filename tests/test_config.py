@@ -229,3 +229,13 @@ def test_a_run_prints_its_summary_and_no_library_noise(data_root, tmp_path):
     noise = [line for line in lines if "Tip:" in line or line.startswith("INFO: ") or "Warning" in line
              or "deprecated" in line or "log_every_n_steps" in line]
     assert not noise, noise
+
+
+def test_a_time_limit_can_be_set_on_any_run_and_on_a_resume_without_its_experiment():
+    """trainer.max_time is in the base trainer config (null): `python train.py hydra.run.dir=<run> ckpt_path=last
+    trainer.max_time=...` composes for a run whose experiment set it, and so does a plain run; an experiment's
+    guard still applies."""
+    cfg = compose_cfg("train", ["ckpt_path=last", "trainer.max_time=00:03:30:00", "paths.output_dir=/tmp/x"])
+    assert cfg.trainer.max_time == "00:03:30:00"
+    assert compose_cfg("train", ["paths.output_dir=/tmp/x"]).trainer.max_time is None
+    assert compose_cfg("train", ["experiment=best_person", "paths.output_dir=/tmp/x"]).trainer.max_time == "00:01:55:00"
