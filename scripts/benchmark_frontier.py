@@ -40,6 +40,7 @@ from fashionseg.data.stored import checkpoint_datamodule
 from fashionseg.inference import Predictor, TrainedNetwork
 from fashionseg.inference.checkpoint import load_network
 from fashionseg.metrics.segmentation import SplitMetrics
+from fashionseg.postprocess.base import lifts
 from fashionseg.postprocess.registry import load_refinements
 from fashionseg.postprocess.superpixel_classifier import find_mediapipe_python
 
@@ -87,7 +88,7 @@ def labeller(recipe: dict, trained: TrainedNetwork):
     def label(photo: np.ndarray) -> np.ndarray:
         if refine is None:
             return predictor([photo])[0]
-        return refine(photo, predictor.probabilities([photo], lifted=not getattr(refine, "lifts", False))[0])
+        return refine(photo, predictor.probabilities([photo], lifted=not lifts(refine))[0])
 
     return label
 

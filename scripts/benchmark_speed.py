@@ -216,7 +216,9 @@ def time_variant(predictor, photo: np.ndarray, refine, row: dict) -> list[dict]:
     """ms per photo of one inference variant (photo in, label map out), and with ``refine`` after it."""
     calls = {row["variant"]: lambda: predictor([photo])}
     if refine is not None:
-        lifted = not getattr(refine, "lifts", False)  # the photo's size, unless the refinement lifts them itself
+        from fashionseg.postprocess.base import lifts
+
+        lifted = not lifts(refine)  # the photo's size, unless the refinement lifts them itself
         calls[f"{row['variant']} + {refine.name}"] = lambda: refine(photo, predictor.probabilities([photo], lifted)[0])
     rows = []
     for key, call in calls.items():

@@ -11,7 +11,7 @@ import torch
 
 from fashionseg.core.heads import Head, head_label
 from fashionseg.inference.logits import crop_and_resize, lift_size
-from fashionseg.postprocess.base import Refinement
+from fashionseg.postprocess.base import Refinement, lifts
 
 
 @torch.no_grad()
@@ -31,7 +31,7 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
     metrics = {name: module.split_metrics(head) for name in refinements}  # void pixels: scored by none either
     seconds, timed = dict.fromkeys(refinements, 0.0), 0
     network_s, device = 0.0, module.device
-    lifting = any(getattr(refine, "lifts", False) for refine in refinements.values())
+    lifting = any(lifts(refine) for refine in refinements.values())
     module.eval()
     for start in range(0, len(dataset), batch_size):
         idx = list(range(start, min(start + batch_size, len(dataset))))
@@ -57,7 +57,7 @@ def evaluate_refinements(module, dataset, refinements: Mapping[str, Refinement],
         network_s += time.perf_counter() - t
         for name, refine in refinements.items():
             t = time.perf_counter()
-            given = coarse if getattr(refine, "lifts", False) else probs
+            given = coarse if lifts(refine) else probs
             if hasattr(refine, "refine_batch") and len({p.shape for p in photos}) == 1:
                 preds = refine.refine_batch(np.stack(photos), torch.stack(given).numpy())
             else:

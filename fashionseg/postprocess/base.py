@@ -37,6 +37,12 @@ def check_batch(images: np.ndarray, probs: np.ndarray, lifted: bool = False) -> 
         check_inputs(image, p, lifted)
 
 
+def lifts(refine) -> bool:
+    """Whether a refinement takes the network's probabilities at the network's resolution (``Refinement.lifts``);
+    a refinement written as a plain callable does not."""
+    return bool(getattr(refine, "lifts", False))
+
+
 class Refinement:
     """Base class: ``__call__(image, probs) -> label (H, W) uint8``."""
 

@@ -30,6 +30,7 @@ from fashionseg.core.errors import ConfigError, DataError
 from fashionseg.core.io import BOUNDARY_COLOUR, ImageTooLargeError, class_boundaries, cutout, label_image, read_photo
 from fashionseg.inference.logits import crop_and_resize
 from fashionseg.inference.predictor import Predictor
+from fashionseg.postprocess.base import lifts
 from fashionseg.postprocess.registry import load_refinements
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ def create_app(checkpoints: dict[str, str | None], max_upload_mb: float = 10.0, 
         del data
         try:
             start = time.perf_counter()
-            probs = model.probabilities([photo], lifted=not getattr(refine, "lifts", False))[0]
+            probs = model.probabilities([photo], lifted=not lifts(refine))[0]
             label = refine(photo, probs)
             probs = crop_and_resize(probs[None], probs.shape[1:], photo.shape[:2])[0]  # as is, unless lifted
             ms = 1000 * (time.perf_counter() - start)

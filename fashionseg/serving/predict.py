@@ -26,6 +26,7 @@ from fashionseg.core.io import (
 from fashionseg.inference.logits import crop_and_resize
 from fashionseg.inference.predictor import Predictor
 from fashionseg.postprocess import Identity, Refinement
+from fashionseg.postprocess.base import lifts
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def predict(cfg: DictConfig) -> dict:
                     bar.update(1)
             if not images:
                 continue
-            lifted = not getattr(refine, "lifts", False)  # else the network's resolution, which it lifts itself
+            lifted = not lifts(refine)  # else the network's resolution, which it lifts itself
             for path, photo, probs in zip(names, images, predictor.probabilities(images, lifted)):
                 files = []
                 for (task, task_probs), stem in zip(predictor.split(probs).items(), stems[path]):
