@@ -1,23 +1,28 @@
-"""The person speed/accuracy frontier: our recipes and MediaPipe's two person masks, measured in one run.
+"""The speed/accuracy frontier in one run: person recipes against MediaPipe's two masks; fashion recipes beside.
 
     python scripts/benchmark_frontier.py --recipe fast <ckpt> onnx=<int8.onnx> postprocess=guided guided.radius=4 \\
-        --recipe best <ckpt> tta_hflip=true --recipe default <ckpt> [--data <reference set>] [--photos 100]
+        --recipe best <ckpt> tta_hflip=true --recipe default <ckpt> [--data <reference set>] [--photos 100] \\
+        [--recipe "fashion fast" <fashion ckpt> onnx=<its onnx> --recipe "best_fashion + crf" <ckpt> \\
+         tta_hflip=true postprocess=crf --reference "best_fashion + crf"]
 
 Each --recipe is a name, a trained model (checkpoint, package folder or Hub id) and options: onnx=<file> (run
 this export of its network instead), tta_hflip=true, tta_scales=1.0,1.25, channels_last=true, bf16=true,
 compile=true, postprocess=<refinement> with <refinement>.<parameter>=<value> (as eval.py's postprocess.*).
+Recipes are grouped by their model's task (person, fashion): one table, one Pareto front and one panel each.
 
-- Accuracy: mIoU and Boundary IoU over the test split of the first recipe's checkpoint (every recipe must have
-  the same test photos), photos as the data set has them.
+- Accuracy: mIoU and Boundary IoU over the test split of each task's first recipe's checkpoint (every recipe of
+  a task must have the same test photos), photos as the data set has them.
 - Time: median ms per photo end to end, a decoded 600x400 RGB array in and a label map at 600x400 out, batch 1,
-  after a warm-up, over the first --photos test photos, in --rounds alternating rounds (every recipe and each
-  MediaPipe model once per round), in this run; also as a ratio to MediaPipe's selfie model.
+  after a warm-up, over the first --photos test photos, in --rounds alternating rounds (every recipe of every
+  task and each MediaPipe model once per round), in this run; also as a ratio to MediaPipe's selfie model
+  (``x_selfie``) and to each task's reference (``x_reference``: --reference names a recipe; for person the
+  selfie model unless --reference names a person recipe).
 - MediaPipe (selfie segmentation; the pose model's segmentation mask), mask > 0.5, run by
   scripts/mediapipe_worker.py in its own environment (`make mediapipe`: .venv-mediapipe, or --mediapipe-python);
-  its rows are skipped, with the reason, when it is missing.
+  its rows are skipped, with the reason, when it is missing or no recipe is a person model.
 
-Prints a table, writes JSON (--out) and frontier.png beside it: mIoU against ms (log scale), one point per
-method, MediaPipe's marked, the Pareto front drawn.
+Prints a table per task, writes JSON (--out) and frontier.png beside it: mIoU against ms (log scale), one panel
+per task, one point per method, MediaPipe's marked, the Pareto front drawn.
 """
 
 from __future__ import annotations
@@ -144,38 +149,78 @@ def pareto(rows: list[dict]) -> list[str]:
     return front
 
 
-def plot(rows: list[dict], front: list[str], path: Path, title: str) -> None:
+def plot(panels: list[dict], path: Path) -> None:
+    """One panel per task (``{"title", "rows", "front"}``): mIoU against ms, log scale, the Pareto front drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
-        ours = row["name"] not in MEDIAPIPE
-        ax.scatter(row["ms"], 100 * row["miou"], marker="o" if ours else "s", s=50,
-                   color="tab:blue" if ours else "tab:orange", zorder=3)
-        ax.annotate(row["name"], (row["ms"], 100 * row["miou"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    on_front = sorted((r for r in rows if r["name"] in front), key=lambda r: r["ms"])
-    ax.step([r["ms"] for r in on_front], [100 * r["miou"] for r in on_front], where="post", color="gray",
-            linestyle="--", label="Pareto front", zorder=2)
-    ax.scatter([], [], marker="o", color="tab:blue", label="fashionseg")
-    ax.scatter([], [], marker="s", color="tab:orange", label="MediaPipe")
-    ax.set_xscale("log")
-    ax.set_xlabel("ms per 600x400 photo (median, batch 1, this CPU)")
-    ax.set_ylabel("test mIoU (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        rows, front = panel["rows"], panel["front"]
+        for row in rows:
+            ours = row["name"] not in MEDIAPIPE
+            ax.scatter(row["ms"], 100 * row["miou"], marker="o" if ours else "s", s=50,
+                       color="tab:blue" if ours else "tab:orange", zorder=3)
+            ax.annotate(row["name"], (row["ms"], 100 * row["miou"]), textcoords="offset points", xytext=(5, 4),
+                        fontsize=8)
+        on_front = sorted((r for r in rows if r["name"] in front), key=lambda r: r["ms"])
+        ax.step([r["ms"] for r in on_front], [100 * r["miou"] for r in on_front], where="post", color="gray",
+                linestyle="--", label="Pareto front", zorder=2)
+        ax.scatter([], [], marker="o", color="tab:blue", label="fashionseg")
+        if any(row["name"] in MEDIAPIPE for row in rows):
+            ax.scatter([], [], marker="s", color="tab:orange", label="MediaPipe")
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per 600x400 photo (median, batch 1, this CPU)")
+        ax.set_ylabel("test mIoU (%)")
+        ax.set_title(panel["title"], fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def load_tasks(recipes: list[dict], root) -> dict:
+    """The recipes grouped by their model's task, in the order given: ``{task: {"recipes", "networks", "ids",
+    "photos", "truths", "class_names"}}``, each task's test split from its first recipe's checkpoint."""
+    tasks = {}
+    for recipe in recipes:
+        network = load_network(recipe["source"])
+        name = network.config["task"]["name"]
+        if name not in tasks:
+            test = checkpoint_datamodule(network.config, root, limit=None).datasets["test"]
+            pairs = [test.arrays[i] for i in range(len(test))]
+            tasks[name] = {"recipes": [], "networks": [], "ids": list(test.ids), "photos": [p for p, _ in pairs],
+                           "truths": [t for _, t in pairs], "class_names": list(network.config["task"]["class_names"])}
+        task = tasks[name]
+        samples, parts = checkpoint_datamodule(network.config, root, limit=None, setup=False).samples()
+        if sorted(samples[i][0] for i in parts[2]) != sorted(task["ids"]):  # the split's ids: nothing decoded
+            raise SystemExit(f"--recipe {recipe['name']}: its test split differs from {task['recipes'][0]['name']}'s; "
+                             "compare recipes on the same test photos.")
+        task["recipes"].append(recipe)
+        task["networks"].append(network)
+    return tasks
+
+
+def references(names: list[str], tasks: dict) -> dict:
+    """``{task: the recipe its times are divided by}``, from the --reference names."""
+    chosen = {}
+    for name in names:
+        task = next((t for t, group in tasks.items() if name in [r["name"] for r in group["recipes"]]), None)
+        if task is None:
+            raise SystemExit(f"--reference {name!r} is not the name of a --recipe.")
+        chosen[task] = name
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", nargs="+", action="append", required=True, metavar="NAME MODEL [KEY=VALUE]",
                         help="a recipe: name, trained model, options (see above); repeat for each")
+    parser.add_argument("--reference", action="append", default=[], metavar="NAME",
+                        help="a recipe whose time its task's times are divided by (x_reference); repeat per task")
     parser.add_argument("--data", default=None, help="the reference set (default: FASHIONSEG_DATA or data/)")
     parser.add_argument("--photos", type=int, default=100, help="test photos timed per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
@@ -185,49 +230,43 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="outputs/benchmarks/frontier.json")
     args = parser.parse_args(argv)
     recipes = [parse_recipe(items) for items in args.recipe]
-    root = args.data or default_data_dir()
+    names = [recipe["name"] for recipe in recipes]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--recipe names must differ: {names}.")
+    tasks = load_tasks(recipes, args.data or default_data_dir())
+    reference = references(args.reference, tasks)
+    for name, task in tasks.items():
+        print(f"{name}: {len(task['photos'])} test photos scored, {min(args.photos, len(task['photos']))} timed per "
+              f"round, {args.rounds} rounds", flush=True)
 
-    networks = [load_network(recipe["source"]) for recipe in recipes]
-    first = networks[0]
-    test = checkpoint_datamodule(first.config, root, limit=None).datasets["test"]
-    ids, pairs = list(test.ids), [test.arrays[i] for i in range(len(test))]
-    photos, truths = [p for p, _ in pairs], [t for _, t in pairs]
-    class_names = list(first.config["task"]["class_names"])
-    timed = photos[: args.photos]
-    print(f"{len(photos)} test photos scored, {len(timed)} timed per round, {args.rounds} rounds", flush=True)
-
-    methods = {}
-    for recipe, network in zip(recipes, networks):
-        if network.config["task"]["name"] != first.config["task"]["name"]:
-            raise SystemExit(f"--recipe {recipe['name']} is a task={network.config['task']['name']} model, "
-                             f"{recipes[0]['name']} a task={first.config['task']['name']} one: one task per run.")
-        samples, parts = checkpoint_datamodule(network.config, root, limit=None, setup=False).samples()
-        if sorted(samples[i][0] for i in parts[2]) != sorted(ids):  # the split's ids: nothing decoded
-            raise SystemExit(f"--recipe {recipe['name']}: its test split differs from {recipes[0]['name']}'s; "
-                             "compare recipes on the same test photos.")
-        methods[recipe["name"]] = labeller(recipe, network)
+    methods = {}  # name -> (task, label function)
+    for name, task in tasks.items():
+        for recipe, network in zip(task["recipes"], task["networks"]):
+            methods[recipe["name"]] = (name, labeller(recipe, network))
 
     skipped, mediapipe = None, None
-    rows = {name: {"name": name, "ms_all": []} for name in methods}
+    rows = {name: {"name": name, "task": task, "ms_all": []} for name, (task, _) in methods.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        if first.config["task"]["name"] != "person":
-            skipped = f"MediaPipe masks persons; these are task={first.config['task']['name']} models."
+        if "person" not in tasks:
+            skipped = f"MediaPipe masks persons; these are task={','.join(tasks)} models."
         elif not args.no_mediapipe:
             python, skipped = mediapipe_python(args.mediapipe_python)
             if python:
-                mediapipe = MediaPipe(python, np.stack(photos), Path(tmp))
+                mediapipe = MediaPipe(python, np.stack(tasks["person"]["photos"]), Path(tmp))
                 for name in MEDIAPIPE:
-                    rows[name] = {"name": name, "ms_all": []}
+                    rows[name] = {"name": name, "task": "person", "ms_all": []}
             else:
                 print(skipped, flush=True)
-        for name, label in methods.items():  # accuracy (untimed), and the warm-up
-            rows[name].update(score([label(p) for p in photos], truths, class_names))
+        for name, (task, label) in methods.items():  # accuracy (untimed), and the warm-up
+            group = tasks[task]
+            rows[name].update(score([label(p) for p in group["photos"]], group["truths"], group["class_names"]))
         if mediapipe:
             for name in MEDIAPIPE:
                 masks, _ = mediapipe.run(name.split()[1])
-                rows[name].update(score(list(masks), truths, class_names))
+                rows[name].update(score(list(masks), tasks["person"]["truths"], tasks["person"]["class_names"]))
         for r in range(args.rounds):
-            for name, label in methods.items():
+            for name, (task, label) in methods.items():
+                timed = tasks[task]["photos"][: args.photos]
                 for photo in timed[: args.warmup]:
                     label(photo)
                 for photo in timed:
@@ -237,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
             if mediapipe:
                 for name in MEDIAPIPE:
                     _, ms = mediapipe.run(name.split()[1])
-                    rows[name]["ms_all"] += ms[: len(timed)]
+                    rows[name]["ms_all"] += ms[: args.photos]
             print(f"  round {r + 1}/{args.rounds} done", flush=True)
         if mediapipe:
             mediapipe.close()
@@ -245,24 +284,38 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows.values():
         row["ms"] = statistics.median(row.pop("ms_all"))
     selfie = rows.get("mediapipe selfie", {}).get("ms")
+    if selfie and "person" not in reference:
+        reference["person"] = "mediapipe selfie"
     for row in rows.values():
         row["x_selfie"] = round(row["ms"] / selfie, 2) if selfie else None
+        ref = reference.get(row["task"])
+        row["x_reference"] = round(row["ms"] / rows[ref]["ms"], 3) if ref else None
     ordered = sorted(rows.values(), key=lambda r: r["ms"])
-    front = pareto(ordered)
-    print("\n| method | test mIoU | Boundary IoU | ms per photo | x MediaPipe selfie | on the front |\n"
-          "|---|---|---|---|---|---|")
-    for row in ordered:
-        ratio = f"{row['x_selfie']:.2f}" if row["x_selfie"] is not None else "-"
-        print(f"| {row['name']} | {100 * row['miou']:.2f}% | {100 * row['boundary_iou']:.2f}% | {row['ms']:.1f} | "
-              f"{ratio} | {'yes' if row['name'] in front else ''} |")
+    fronts, panels = {}, []
+    date = time.strftime("%Y-%m-%d")
+    for task, group in tasks.items():
+        task_rows = [row for row in ordered if row["task"] == task]
+        fronts[task] = pareto(task_rows)
+        ref = reference.get(task)
+        print(f"\n{task} ({len(group['photos'])} test photos; x reference: time / {ref or 'no reference'}'s)\n"
+              "| method | test mIoU | Boundary IoU | ms per photo | x MediaPipe selfie | x reference | on the front |\n"
+              "|---|---|---|---|---|---|---|")
+        for row in task_rows:
+            ratios = [f"{row[key]:.2f}" if row[key] is not None else "-" for key in ("x_selfie", "x_reference")]
+            print(f"| {row['name']} | {100 * row['miou']:.2f}% | {100 * row['boundary_iou']:.2f}% | {row['ms']:.1f} | "
+                  f"{ratios[0]} | {ratios[1]} | {'yes' if row['name'] in fronts[task] else ''} |")
+        panels.append({"title": f"{task}, {len(group['photos'])} test photos, {date}", "rows": task_rows,
+                       "front": fronts[task]})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"rows": ordered, "pareto_front": front, "recipes": recipes, "test_photos": len(photos),
-              "timed_photos": len(timed), "rounds": args.rounds, "mediapipe_skipped": skipped,
+    result = {"rows": ordered, "pareto_front": fronts, "references": reference, "recipes": recipes,
+              "test_photos": {task: len(group["photos"]) for task, group in tasks.items()},
+              "timed_photos": {task: min(args.photos, len(group["photos"])) for task, group in tasks.items()},
+              "rounds": args.rounds, "mediapipe_skipped": skipped,
               "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+              "torch_threads": torch.get_num_threads(), "date": date}
     out.write_text(json.dumps(result, indent=1))
-    plot(ordered, front, out.with_name("frontier.png"), f"person, {len(photos)} test photos, {result['date']}")
+    plot(panels, out.with_name("frontier.png"))
     print(f"\nWritten to {out} and {out.with_name('frontier.png')}")
     return result
 

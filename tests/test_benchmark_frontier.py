@@ -1,6 +1,7 @@
-"""scripts/benchmark_frontier.py on two tiny checkpoints and the synthetic set: the JSON's fields, the plot, MediaPipe's
+"""scripts/benchmark_frontier.py on tiny checkpoints and the synthetic set: the JSON's fields, the plot, MediaPipe's
 rows skipped with a message when it is missing and measured through its worker when it is there (a stand-in
-package here: the real one lives in its own environment). No timing is asserted."""
+package here: the real one lives in its own environment), fashion recipes in a panel of their own with the time
+ratio to a reference recipe. No timing is asserted."""
 
 import json
 import sys
@@ -70,7 +71,9 @@ def test_mediapipes_rows_come_from_its_worker_with_the_ratio_to_the_selfie_model
     out = tmp_path / "frontier.json"
     result = run(data_root, checkpoints, out, "--mediapipe-python", sys.executable)
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    assert result["test_photos"] == 8 and result["timed_photos"] == 2 and result["pareto_front"]
+    assert result["test_photos"] == {"person": 8} and result["timed_photos"] == {"person": 2}
+    assert set(result["pareto_front"]) == {"person"} and result["pareto_front"]["person"]
+    assert result["references"] == {"person": "mediapipe selfie"}
     assert result["recipes"][1]["params"] == {"guided": {"radius": 2}} and result["mediapipe_skipped"] == ""
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
     rows = {r["name"]: r for r in result["rows"]}
@@ -78,7 +81,35 @@ def test_mediapipes_rows_come_from_its_worker_with_the_ratio_to_the_selfie_model
         assert 0 <= row["miou"] <= 1 and 0 <= row["boundary_iou"] <= 1 and row["ms"] > 0
     assert set(rows) == {"deeplab", "u2netp+guided", "mediapipe selfie", "mediapipe pose"}
     assert rows["mediapipe selfie"]["x_selfie"] == 1.0 and rows["deeplab"]["x_selfie"] > 0
+    assert rows["deeplab"]["x_reference"] == pytest.approx(rows["deeplab"]["ms"] / rows["mediapipe selfie"]["ms"],
+                                                           abs=1e-3)
     assert rows["mediapipe selfie"]["miou"] == rows["mediapipe pose"]["miou"] > 0  # the same stand-in mask
+
+
+def test_fashion_recipes_get_a_panel_of_their_own_and_the_ratio_to_their_reference(data_root, checkpoints,
+                                                                                  fashion_ckpt, tmp_path):
+    out = tmp_path / "frontier.json"
+    result = run(data_root, checkpoints, out, "--no-mediapipe", "--recipe", "fashion", str(fashion_ckpt),
+                 "--recipe", "fashion + crf", str(fashion_ckpt), "postprocess=crf", "crf.iterations=2",
+                 "--reference", "fashion + crf")
+    rows = {r["name"]: r for r in result["rows"]}
+    assert {name: row["task"] for name, row in rows.items()} == {
+        "deeplab": "person", "u2netp+guided": "person", "fashion": "fashion", "fashion + crf": "fashion"}
+    assert set(result["pareto_front"]) == {"person", "fashion"}
+    assert set(result["pareto_front"]["fashion"]) <= {"fashion", "fashion + crf"}
+    assert result["references"] == {"fashion": "fashion + crf"} and result["test_photos"]["fashion"] == 8
+    assert rows["fashion + crf"]["x_reference"] == 1.0 and rows["fashion"]["x_reference"] > 0
+    assert rows["deeplab"]["x_reference"] is None and rows["deeplab"]["x_selfie"] is None  # no MediaPipe, no reference
+    assert all(0 <= row["miou"] <= 1 for row in rows.values())
+    from PIL import Image
+
+    width, height = Image.open(tmp_path / "frontier.png").size
+    assert width > 1.5 * height  # two panels side by side
+
+
+def test_a_reference_that_is_no_recipe_is_named(data_root, checkpoints, tmp_path):
+    with pytest.raises(SystemExit, match="--reference 'nothing' is not the name of a --recipe"):
+        run(data_root, checkpoints, tmp_path / "f.json", "--no-mediapipe", "--reference", "nothing")
 
 
 def test_the_pareto_front_keeps_what_nothing_beats_on_both_time_and_accuracy():
