@@ -98,6 +98,7 @@ def quantize_onnx(path: str | Path, out: str | Path, calibration: Iterable[torch
     Convolutions then run as integer kernels (VNNI on x86 CPUs that have it); the README's benchmarks
     give its speed and the test mIoU it keeps.
     """
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -126,10 +127,24 @@ def quantize_onnx(path: str | Path, out: str | Path, calibration: Iterable[torch
             quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
             fmt = QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator
             quantize_static(str(prepared), str(out), Batches(), quant_format=fmt, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=shape_arithmetic(onnx.load(str(prepared))))
     finally:
         logging.getLogger().removeFilter(quiet)
     return out
+
+
+def shape_arithmetic(model) -> list[str]:
+    """The nodes of an ONNX graph (shapes inferred) that compute sizes, not feature maps: every output of rank
+    below 3. The TorchScript exporter writes the size arithmetic of TensorFlow's 'same' padding (timm's
+    Conv2dSame in the tf_efficientnet encoders) as float operators on the input's shape; quantized, the pad
+    sizes were rounded to 8-bit levels and clipped to the calibration's range, so the feature maps came out
+    shifted or of the wrong size. int8 leaves these nodes in float."""
+    graph = model.graph
+    ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in (*graph.value_info, *graph.output, *graph.input)
+             if vi.type.tensor_type.HasField("shape")}
+    ranks.update({init.name: len(init.dims) for init in graph.initializer})
+    return [node.name for node in graph.node if node.output and all(ranks.get(o, 4) < 3 for o in node.output)]
 
 
 class FromPackage(logging.Filter):
