@@ -83,8 +83,8 @@ $(MEDIAPIPE_VENV)/.installed:
 mediapipe: $(MEDIAPIPE_VENV)/.installed
 
 # Person recipes against MediaPipe's selfie and pose models, and fashion recipes in a second panel, in one run:
-# a table per task, JSON and frontier.png (ARGS: one --recipe NAME MODEL [KEY=VALUE ...] per recipe, --reference
-# NAME for a task's time ratio; scripts/benchmark_frontier.py --help).
+# a table per task, JSON, frontier.png and frontier.md (the tables and Mermaid charts). ARGS: one --recipe NAME
+# MODEL [KEY=VALUE ...] per recipe, --reference NAME for a task's time ratio; scripts/benchmark_frontier.py --help.
 bench-frontier: install
 	$(PY) scripts/benchmark_frontier.py $(ARGS)
 

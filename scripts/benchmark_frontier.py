@@ -22,13 +22,15 @@ Recipes are grouped by their model's task (person, fashion): one table, one Pare
   its rows are skipped, with the reason, when it is missing or no recipe is a person model.
 
 Prints a table per task, writes JSON (--out) and frontier.png beside it: mIoU against ms (log scale), one panel
-per task, one point per method, MediaPipe's marked, the Pareto front drawn.
+per task, one point per method, MediaPipe's marked, the Pareto front drawn. Also frontier.md: each task's table and
+the same plot as a Mermaid chart (text that GitHub and the docs draw), for a README to show without a committed image.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -182,6 +184,42 @@ def plot(panels: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def nice_bounds(low: float, high: float, log: bool) -> tuple[float, float]:
+    """An axis range around [low, high]: 1-2-5 steps of a decade on a log axis, whole numbers otherwise."""
+    if not log:
+        return math.floor(low - 0.25), math.ceil(high + 0.25)
+    steps = [m * 10.0 ** e for e in range(-3, 7) for m in (1, 2, 5)]
+    return max(s for s in steps if s <= low / 1.1), min(s for s in steps if s >= high * 1.1)
+
+
+def unit(value: float) -> str:
+    """A coordinate as Mermaid's quadrant chart reads one: 1, or 0 and a decimal fraction."""
+    return "1" if value >= 0.9995 else f"{max(value, 0.0):.3f}"
+
+
+def mermaid(panel: dict) -> str:
+    """A panel as a Mermaid quadrant chart: test mIoU against ms per photo (log scale), one point per method,
+    MediaPipe's in orange, ours in blue, the points of the Pareto front larger. Mermaid places points in [0, 1]
+    on both axes, so each axis's label gives its range."""
+    rows, front = panel["rows"], panel["front"]
+    ms, miou = [r["ms"] for r in rows], [100 * r["miou"] for r in rows]
+    (x0, x1), (y0, y1) = nice_bounds(min(ms), max(ms), log=True), nice_bounds(min(miou), max(miou), log=False)
+    config = {"quadrantChart": {"chartWidth": 720, "chartHeight": 460, "pointLabelFontSize": 11,
+                                "quadrantInternalBorderStrokeWidth": 0},
+              "themeVariables": {f"quadrant{i}Fill": "#f7f7f7" for i in range(1, 5)}}
+    lines = [f"%%{{init: {json.dumps(config)}}}%%", "quadrantChart", f"    title {panel['title']}",
+             f'    x-axis "{x0:g} ms" --> "{x1:g} ms per photo (log scale)"',
+             f'    y-axis "{y0:g}% test mIoU" --> "{y1:g}%"']
+    for row in rows:
+        x = (math.log(row["ms"]) - math.log(x0)) / (math.log(x1) - math.log(x0))
+        y = (100 * row["miou"] - y0) / (y1 - y0)
+        colour = "#ff7f0e" if row["name"] in MEDIAPIPE else "#1f77b4"
+        radius = 7 if row["name"] in front else 4
+        name = row["name"].replace('"', "'")
+        lines.append(f'    "{name}": [{unit(x)}, {unit(y)}] radius: {radius}, color: {colour}')
+    return "```mermaid\n" + "\n".join(lines) + "\n```\n"
+
+
 def load_tasks(recipes: list[dict], root) -> dict:
     """The recipes grouped by their model's task, in the order given: ``{task: {"recipes", "networks", "ids",
     "photos", "truths", "class_names"}}``, each task's test split from its first recipe's checkpoint."""
@@ -291,21 +329,24 @@ def main(argv: list[str] | None = None) -> dict:
         ref = reference.get(row["task"])
         row["x_reference"] = round(row["ms"] / rows[ref]["ms"], 3) if ref else None
     ordered = sorted(rows.values(), key=lambda r: r["ms"])
-    fronts, panels = {}, []
+    fronts, panels, report = {}, [], []
     date = time.strftime("%Y-%m-%d")
     for task, group in tasks.items():
         task_rows = [row for row in ordered if row["task"] == task]
         fronts[task] = pareto(task_rows)
         ref = reference.get(task)
-        print(f"\n{task} ({len(group['photos'])} test photos; x reference: time / {ref or 'no reference'}'s)\n"
-              "| method | test mIoU | Boundary IoU | ms per photo | x MediaPipe selfie | x reference | on the front |\n"
-              "|---|---|---|---|---|---|---|")
+        table = [f"{task} ({len(group['photos'])} test photos; x reference: time / {ref or 'no reference'}'s)\n",
+                 "| method | test mIoU | Boundary IoU | ms per photo | x MediaPipe selfie | x reference | on the "
+                 "front |", "|---|---|---|---|---|---|---|"]
         for row in task_rows:
-            ratios = [f"{row[key]:.2f}" if row[key] is not None else "-" for key in ("x_selfie", "x_reference")]
-            print(f"| {row['name']} | {100 * row['miou']:.2f}% | {100 * row['boundary_iou']:.2f}% | {row['ms']:.1f} | "
-                  f"{ratios[0]} | {ratios[1]} | {'yes' if row['name'] in fronts[task] else ''} |")
+            ratios = [f"{row[key]:.3g}" if row[key] is not None else "-" for key in ("x_selfie", "x_reference")]
+            on_front = "yes" if row["name"] in fronts[task] else ""
+            table.append(f"| {row['name']} | {100 * row['miou']:.2f}% | {100 * row['boundary_iou']:.2f}% | "
+                         f"{row['ms']:.1f} | {ratios[0]} | {ratios[1]} | {on_front} |")
+        print("\n" + "\n".join(table))
         panels.append({"title": f"{task}, {len(group['photos'])} test photos, {date}", "rows": task_rows,
                        "front": fronts[task]})
+        report += table + ["", mermaid(panels[-1])]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"rows": ordered, "pareto_front": fronts, "references": reference, "recipes": recipes,
@@ -316,7 +357,11 @@ def main(argv: list[str] | None = None) -> dict:
               "torch_threads": torch.get_num_threads(), "date": date}
     out.write_text(json.dumps(result, indent=1))
     plot(panels, out.with_name("frontier.png"))
-    print(f"\nWritten to {out} and {out.with_name('frontier.png')}")
+    out.with_name("frontier.md").write_text(
+        f"Frontier run of {date}, {args.rounds} rounds; photos timed per round: "
+        + ", ".join(f"{task} {n}" for task, n in result["timed_photos"].items())
+        + ". Points: MediaPipe in orange, fashionseg in blue, the Pareto front larger.\n\n" + "\n".join(report))
+    print(f"\nWritten to {out}, {out.with_name('frontier.png')} and {out.with_name('frontier.md')}")
     return result
 
 

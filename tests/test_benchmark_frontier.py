@@ -4,6 +4,8 @@ package here: the real one lives in its own environment), fashion recipes in a p
 ratio to a reference recipe. No timing is asserted."""
 
 import json
+import math
+import re
 import sys
 
 import pytest
@@ -105,6 +107,29 @@ def test_fashion_recipes_get_a_panel_of_their_own_and_the_ratio_to_their_referen
 
     width, height = Image.open(tmp_path / "frontier.png").size
     assert width > 1.5 * height  # two panels side by side
+    report = (tmp_path / "frontier.md").read_text()
+    charts = re.findall(r"```mermaid\n(.*?)```", report, re.S)
+    assert len(charts) == 2 and "quadrantChart" in charts[0] and "| fashion + crf |" in report
+    assert set(re.findall(r'"([^"]+)": \[', charts[1])) == {"fashion", "fashion + crf"}  # the fashion panel's points
+
+
+def test_the_mermaid_chart_places_each_method_on_a_log_time_axis_and_marks_the_front():
+    mermaid = load_script("benchmark_frontier").mermaid
+    rows = [{"name": "mediapipe selfie", "ms": 5.0, "miou": 0.9469}, {"name": "fast", "ms": 20.0, "miou": 0.955},
+            {"name": "slow", "ms": 100.0, "miou": 0.95}, {"name": 'best "x"', "ms": 400.0, "miou": 0.9686}]
+    front = ["mediapipe selfie", "fast", 'best "x"']
+    chart = mermaid({"title": "person, 240 test photos", "rows": rows, "front": front})
+    assert chart.startswith("```mermaid\n%%{init: ") and chart.endswith("```\n")
+    assert 'x-axis "2 ms" --> "500 ms per photo (log scale)"' in chart and 'y-axis "94% test mIoU" --> "98%"' in chart
+    point = re.compile(r'^    "([^"]+)": \[(1|0\.\d+), (1|0\.\d+)\] radius: (\d+), color: (#[0-9a-f]{6})$')
+    placed = {m[1]: m for m in (point.match(line) for line in chart.splitlines()) if m}
+    assert set(placed) == {"mediapipe selfie", "fast", "slow", "best 'x'"}  # quotes cannot end a label early
+    x = {name: float(m[2]) for name, m in placed.items()}
+    assert x["mediapipe selfie"] == pytest.approx(math.log(5 / 2) / math.log(250), abs=1e-3)
+    assert x["fast"] - x["mediapipe selfie"] == pytest.approx(math.log(20 / 5) / math.log(250), abs=2e-3)  # log scale
+    assert float(placed["slow"][3]) == pytest.approx((95.0 - 94) / 4, abs=1e-3)
+    assert placed["mediapipe selfie"][5] != placed["fast"][5]  # MediaPipe's colour is not ours
+    assert int(placed["slow"][4]) < int(placed["fast"][4])  # the front's points are larger
 
 
 def test_a_reference_that_is_no_recipe_is_named(data_root, checkpoints, tmp_path):
