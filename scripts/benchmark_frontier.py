@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
     if selfie and "person" not in reference:
         reference["person"] = "mediapipe selfie"
     for row in rows.values():
-        row["x_selfie"] = round(row["ms"] / selfie, 2) if selfie else None
+        row["x_selfie"] = round(row["ms"] / selfie, 3) if selfie else None
         ref = reference.get(row["task"])
         row["x_reference"] = round(row["ms"] / rows[ref]["ms"], 3) if ref else None
     ordered = sorted(rows.values(), key=lambda r: r["ms"])
@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> dict:
                  "| method | test mIoU | Boundary IoU | ms per photo | x MediaPipe selfie | x reference | on the "
                  "front |", "|---|---|---|---|---|---|---|"]
         for row in task_rows:
-            ratios = [f"{row[key]:.3g}" if row[key] is not None else "-" for key in ("x_selfie", "x_reference")]
+            ratios = ["-" if row[key] is None else f"{row[key]:.2f}" if row[key] >= 1 else f"{row[key]:.3g}"
+                      for key in ("x_selfie", "x_reference")]
             on_front = "yes" if row["name"] in fronts[task] else ""
             table.append(f"| {row['name']} | {100 * row['miou']:.2f}% | {100 * row['boundary_iou']:.2f}% | "
                          f"{row['ms']:.1f} | {ratios[0]} | {ratios[1]} | {on_front} |")
