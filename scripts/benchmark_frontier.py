@@ -232,13 +232,13 @@ def load_tasks(recipes: list[dict], root) -> dict:
             pairs = [test.arrays[i] for i in range(len(test))]
             tasks[name] = {"recipes": [], "networks": [], "ids": list(test.ids), "photos": [p for p, _ in pairs],
                            "truths": [t for _, t in pairs], "class_names": list(network.config["task"]["class_names"])}
-        task = tasks[name]
-        samples, parts = checkpoint_datamodule(network.config, root, limit=None, setup=False).samples()
-        if sorted(samples[i][0] for i in parts[2]) != sorted(task["ids"]):  # the split's ids: nothing decoded
-            raise SystemExit(f"--recipe {recipe['name']}: its test split differs from {task['recipes'][0]['name']}'s; "
-                             "compare recipes on the same test photos.")
-        task["recipes"].append(recipe)
-        task["networks"].append(network)
+        else:  # the split's ids (nothing decoded) against the first recipe's test photos
+            samples, parts = checkpoint_datamodule(network.config, root, limit=None, setup=False).samples()
+            if sorted(samples[i][0] for i in parts[2]) != sorted(tasks[name]["ids"]):
+                raise SystemExit(f"--recipe {recipe['name']}: its test split differs from "
+                                 f"{tasks[name]['recipes'][0]['name']}'s; compare recipes on the same test photos.")
+        tasks[name]["recipes"].append(recipe)
+        tasks[name]["networks"].append(network)
     return tasks
 
 

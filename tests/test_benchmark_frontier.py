@@ -150,3 +150,17 @@ def test_a_recipe_option_that_does_not_exist_is_named(checkpoints):
         parse(["x", "model.ckpt", "tta=true"])
     with pytest.raises(SystemExit, match=r"parameters for \['crf'\] but postprocess=guided"):
         parse(["x", "model.ckpt", "postprocess=guided", "crf.bilateral_sxy=40"])
+
+
+def test_a_recipe_with_other_test_photos_is_refused(data_root, checkpoints, tmp_path):
+    import torch
+
+    ckpt = torch.load(checkpoints[1], weights_only=False)
+    ckpt["hyper_parameters"]["config"]["data"]["seed"] += 1  # another permutation: other test photos
+    other = tmp_path / "other" / "u2netp.ckpt"
+    other.parent.mkdir()
+    torch.save(ckpt, other)
+    with pytest.raises(SystemExit, match="--recipe other: its test split differs from deeplab's"):
+        load_script("benchmark_frontier").main([
+            "--recipe", "deeplab", str(checkpoints[0]), "--recipe", "other", str(other), "--data", str(data_root),
+            "--no-mediapipe", "--out", str(tmp_path / "f.json")])
