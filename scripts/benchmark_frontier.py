@@ -53,6 +53,7 @@ from fashionseg.postprocess.superpixel_classifier import find_mediapipe_python
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIAPIPE = ("mediapipe selfie", "mediapipe pose")
+COLOURS = {"fashionseg": "#1f77b4", "MediaPipe": "#ff7f0e"}  # the points of both plots, png and Mermaid
 PREDICTOR_OPTIONS = {"tta_hflip", "tta_scales", "channels_last", "bf16", "compile"}
 
 
@@ -164,15 +165,15 @@ def plot(panels: list[dict], path: Path) -> None:
         for row in rows:
             ours = row["name"] not in MEDIAPIPE
             ax.scatter(row["ms"], 100 * row["miou"], marker="o" if ours else "s", s=50,
-                       color="tab:blue" if ours else "tab:orange", zorder=3)
+                       color=COLOURS["fashionseg" if ours else "MediaPipe"], zorder=3)
             ax.annotate(row["name"], (row["ms"], 100 * row["miou"]), textcoords="offset points", xytext=(5, 4),
                         fontsize=8)
         on_front = sorted((r for r in rows if r["name"] in front), key=lambda r: r["ms"])
         ax.step([r["ms"] for r in on_front], [100 * r["miou"] for r in on_front], where="post", color="gray",
                 linestyle="--", label="Pareto front", zorder=2)
-        ax.scatter([], [], marker="o", color="tab:blue", label="fashionseg")
+        ax.scatter([], [], marker="o", color=COLOURS["fashionseg"], label="fashionseg")
         if any(row["name"] in MEDIAPIPE for row in rows):
-            ax.scatter([], [], marker="s", color="tab:orange", label="MediaPipe")
+            ax.scatter([], [], marker="s", color=COLOURS["MediaPipe"], label="MediaPipe")
         ax.set_xscale("log")
         ax.set_xlabel("ms per 600x400 photo (median, batch 1, this CPU)")
         ax.set_ylabel("test mIoU (%)")
@@ -213,7 +214,7 @@ def mermaid(panel: dict) -> str:
     for row in rows:
         x = (math.log(row["ms"]) - math.log(x0)) / (math.log(x1) - math.log(x0))
         y = (100 * row["miou"] - y0) / (y1 - y0)
-        colour = "#ff7f0e" if row["name"] in MEDIAPIPE else "#1f77b4"
+        colour = COLOURS["MediaPipe" if row["name"] in MEDIAPIPE else "fashionseg"]
         radius = 7 if row["name"] in front else 4
         name = row["name"].replace('"', "'")
         lines.append(f'    "{name}": [{unit(x)}, {unit(y)}] radius: {radius}, color: {colour}')
