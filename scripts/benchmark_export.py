@@ -5,8 +5,10 @@
 Runs `python export.py ckpt_path=<ckpt> int8=true` once per setting, one after the other in this process's
 run (process start, export, int8 calibration and quantization, and the check against PyTorch included):
 
-  before   exporter=dynamo int8_format=qoperator   (torch.export, QLinear operators: export.py until 0.2.0)
-  after    exporter=torchscript int8_format=qdq    (the TorchScript tracer, QDQ: the default now)
+  before        exporter=dynamo int8_format=qoperator   (torch.export, QLinear operators: export.py until 0.2.0)
+  pads_apart    exporter=torchscript int8_format=qdq static_padding=false   (the encoder's 'same' padding
+                computed from the input's size, each pad a node of its own: export.py until 2026-12-07)
+  after         exporter=torchscript int8_format=qdq    (the TorchScript tracer, QDQ, constant pads: the defaults)
 
 The checkpoint is --ckpt, or an untrained checkpoint of the default model (DeepLabv3+ EfficientNet-Lite0,
 384x256: the same network, so the same cost). Prints a table (seconds per stage, the ONNX files' ms per
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The default model on the person task, without pretrained weights (offline): untrained_checkpoint's network.
 DEFAULT_PERSON = ["task=person", "model.net.encoder_weights=null"]
 SETTINGS = {"before": ["exporter=dynamo", "int8_format=qoperator"],
+            "pads_apart": ["exporter=torchscript", "int8_format=qdq", "static_padding=false"],
             "after": ["exporter=torchscript", "int8_format=qdq"]}
 
 

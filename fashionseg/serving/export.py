@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -47,15 +48,65 @@ class LogitsOnly(nn.Module):
 EXPORTERS = ("torchscript", "dynamo")
 
 
+class StaticSameConv2d(nn.Conv2d):
+    """timm's ``Conv2dSame`` (TensorFlow's 'same' padding, in the tf_efficientnet encoders) with constant pad
+    sizes. It computes them from the input's size on every call; for a side divisible by the stride they do
+    not depend on the side: ``(k - 1) * dilation + 1 - stride`` in all, the smaller half before. Every side an
+    exported network runs at is a multiple of 32 (the Predictor resizes or pads to one), so exported with
+    constant pads the network computes the same, and ONNX Runtime folds each pad into its convolution (its
+    PadFusion) instead of padding the feature map apart (in int8: dequantized, padded, quantized again)."""
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d) -> StaticSameConv2d:
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation, conv.groups,
+                  conv.bias is not None).to(conv.weight.device, conv.weight.dtype)
+        new.load_state_dict(conv.state_dict())
+        total = [max((k - 1) * d + 1 - s, 0) for k, s, d in zip(conv.kernel_size, conv.stride, conv.dilation)]
+        new.pads = (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)  # F.pad's order
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, self.pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def static_same_padding(net: nn.Module) -> int:
+    """Replace every timm ``Conv2dSame`` of ``net`` (in place) by a ``StaticSameConv2d``; returns how many."""
+    from timm.layers import Conv2dSame
+
+    found = [(parent, name, child) for parent in net.modules() for name, child in parent.named_children()
+             if isinstance(child, Conv2dSame)]
+    for parent, name, child in found:
+        setattr(parent, name, StaticSameConv2d.of(child))
+    return len(found)
+
+
+def drop_empty_inputs(path: Path) -> None:
+    """Drop the trailing empty inputs (omitted optional inputs, ``''``) of the ONNX file's nodes, which the
+    spec reads as absent: ONNX Runtime's PadFusion leaves alone a ``Pad`` whose ``constant_value`` input is
+    written as ``''`` (the TorchScript exporter's ``F.pad``) instead of omitted."""
+    import onnx
+
+    model = onnx.load(str(path))
+    changed = False
+    for node in model.graph.node:
+        while node.input and not node.input[-1]:
+            node.input.pop()
+            changed = True
+    if changed:
+        onnx.save(model, str(path))
+
+
 def export_onnx(net: nn.Module, path: str | Path, size: Sequence[int], opset: int = 18,
-                exporter: str = "torchscript") -> Path:
+                exporter: str = "torchscript", static_padding: bool = True) -> Path:
     """Write ``net`` to ``path`` as ONNX with dynamic batch, height and width (sides multiples of 32).
 
     ``size`` (H, W) is the example input's size; other sizes run as long as the network accepts them.
     ``exporter``: ``torchscript`` (``torch.onnx.export(dynamo=False)``, which traces the network: about a
     second) or ``dynamo`` (``torch.export``, which runs the network symbolically: a minute and more on a
     CPU for the default network; scripts/benchmark_export.py times both). export.py checks either file
-    against PyTorch on real photos.
+    against PyTorch on real photos. ``static_padding``: TensorFlow 'same' padding with constant pad sizes
+    (``StaticSameConv2d``: sides must be multiples of 32, as the Predictor feeds them); ``False`` keeps the
+    size arithmetic of timm's ``Conv2dSame`` in the graph, for sides of any size.
     """
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter={exporter!r}: choose one of {', '.join(EXPORTERS)}.")
@@ -64,6 +115,8 @@ def export_onnx(net: nn.Module, path: str | Path, size: Sequence[int], opset: in
     # A network kept in channels-last order (channels_last=true) would make torch.export specialise the
     # batch size; the ONNX graph does not depend on the memory order, so a contiguous copy is exported.
     model = LogitsOnly(copy.deepcopy(net).to(memory_format=torch.contiguous_format)).eval()
+    if static_padding:
+        static_same_padding(model)
     example = torch.zeros(1, 3, *size, dtype=torch.uint8)
     names = dict(input_names=["image"], output_names=["logits"])
     with torch.no_grad(), warnings.catch_warnings():
@@ -72,6 +125,7 @@ def export_onnx(net: nn.Module, path: str | Path, size: Sequence[int], opset: in
             torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, **names,
                               dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
                                             "logits": {0: "batch", 2: "height", 3: "width"}})
+            drop_empty_inputs(path)
             return path
         batch, height, width = torch.export.Dim("batch", min=1, max=64), torch.export.Dim.AUTO, torch.export.Dim.AUTO
         program = torch.onnx.export(
@@ -79,6 +133,7 @@ def export_onnx(net: nn.Module, path: str | Path, size: Sequence[int], opset: in
             dynamic_shapes={"image": {0: batch, 2: height, 3: width}}, external_data=False, verbose=False,
         )
     program.save(str(path))
+    drop_empty_inputs(path)
     return path
 
 
@@ -136,10 +191,11 @@ def quantize_onnx(path: str | Path, out: str | Path, calibration: Iterable[torch
 
 def shape_arithmetic(model) -> list[str]:
     """The nodes of an ONNX graph (shapes inferred) that compute sizes, not feature maps: every output of rank
-    below 3. The TorchScript exporter writes the size arithmetic of TensorFlow's 'same' padding (timm's
-    Conv2dSame in the tf_efficientnet encoders) as float operators on the input's shape; quantized, the pad
-    sizes were rounded to 8-bit levels and clipped to the calibration's range, so the feature maps came out
-    shifted or of the wrong size. int8 leaves these nodes in float."""
+    below 3. The TorchScript exporter writes size arithmetic as float operators on the input's shape (that of
+    TensorFlow's 'same' padding, timm's Conv2dSame in the tf_efficientnet encoders, when exported with
+    ``static_padding=False``); quantized, the pad sizes were rounded to 8-bit levels and clipped to the
+    calibration's range, so the feature maps came out shifted or of the wrong size. int8 leaves these nodes
+    in float."""
     graph = model.graph
     ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in (*graph.value_info, *graph.output, *graph.input)
              if vi.type.tensor_type.HasField("shape")}
@@ -236,7 +292,8 @@ def export_checked(cfg, trained, out: Path, stages: Stages) -> dict:
         raise ConfigError(f"No photos to check the export on in {cfg.check_photos}; set check_photos=<folder>.")
     log.info("Exporting %s (%s, input %s) to %s", cfg.ckpt_path, train_cfg.model.name, size, out)
     with stages("export"):
-        export_onnx(trained.net, out, size, opset=cfg.opset, exporter=cfg.get("exporter", "torchscript"))
+        export_onnx(trained.net, out, size, opset=cfg.opset, exporter=cfg.get("exporter", "torchscript"),
+                    static_padding=cfg.get("static_padding", True))
     images = [read_photo(p) for p in photos]
     heads = trained.heads
     kwargs = dict(class_names=all_class_names(heads), image_size=data.image_size,
