@@ -152,6 +152,11 @@ def pareto(rows: list[dict]) -> list[str]:
     return front
 
 
+def source(row: dict) -> str:
+    """Whose method a row is, a key of ``COLOURS``: MediaPipe's or this project's."""
+    return "MediaPipe" if row["name"] in MEDIAPIPE else "fashionseg"
+
+
 def plot(panels: list[dict], path: Path) -> None:
     """One panel per task (``{"title", "rows", "front"}``): mIoU against ms, log scale, the Pareto front drawn."""
     import matplotlib
@@ -163,9 +168,8 @@ def plot(panels: list[dict], path: Path) -> None:
     for ax, panel in zip(axes[0], panels):
         rows, front = panel["rows"], panel["front"]
         for row in rows:
-            ours = row["name"] not in MEDIAPIPE
-            ax.scatter(row["ms"], 100 * row["miou"], marker="o" if ours else "s", s=50,
-                       color=COLOURS["fashionseg" if ours else "MediaPipe"], zorder=3)
+            ax.scatter(row["ms"], 100 * row["miou"], marker="o" if source(row) == "fashionseg" else "s", s=50,
+                       color=COLOURS[source(row)], zorder=3)
             ax.annotate(row["name"], (row["ms"], 100 * row["miou"]), textcoords="offset points", xytext=(5, 4),
                         fontsize=8)
         on_front = sorted((r for r in rows if r["name"] in front), key=lambda r: r["ms"])
@@ -214,10 +218,9 @@ def mermaid(panel: dict) -> str:
     for row in rows:
         x = (math.log(row["ms"]) - math.log(x0)) / (math.log(x1) - math.log(x0))
         y = (100 * row["miou"] - y0) / (y1 - y0)
-        colour = COLOURS["MediaPipe" if row["name"] in MEDIAPIPE else "fashionseg"]
         radius = 7 if row["name"] in front else 4
         name = row["name"].replace('"', "'")
-        lines.append(f'    "{name}": [{unit(x)}, {unit(y)}] radius: {radius}, color: {colour}')
+        lines.append(f'    "{name}": [{unit(x)}, {unit(y)}] radius: {radius}, color: {COLOURS[source(row)]}')
     return "```mermaid\n" + "\n".join(lines) + "\n```\n"
 
 

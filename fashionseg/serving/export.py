@@ -125,14 +125,13 @@ def export_onnx(net: nn.Module, path: str | Path, size: Sequence[int], opset: in
             torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, **names,
                               dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
                                             "logits": {0: "batch", 2: "height", 3: "width"}})
-            drop_empty_inputs(path)
-            return path
-        batch, height, width = torch.export.Dim("batch", min=1, max=64), torch.export.Dim.AUTO, torch.export.Dim.AUTO
-        program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=opset, **names,
-            dynamic_shapes={"image": {0: batch, 2: height, 3: width}}, external_data=False, verbose=False,
-        )
-    program.save(str(path))
+        else:
+            batch, height, width = (torch.export.Dim("batch", min=1, max=64), torch.export.Dim.AUTO,
+                                    torch.export.Dim.AUTO)
+            torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=opset, **names,
+                dynamic_shapes={"image": {0: batch, 2: height, 3: width}}, external_data=False, verbose=False,
+            ).save(str(path))
     drop_empty_inputs(path)
     return path
 
