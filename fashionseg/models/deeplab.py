@@ -32,10 +32,10 @@ def encoder_stats(encoder_name: str) -> tuple[tuple, tuple]:
 def drop_unused_blocks(encoder: nn.Module) -> int:
     """Remove the blocks after the last one whose output the decoder takes; returns how many were removed.
 
-    smp's ``tu-`` encoders of the EfficientNet and MobileNet families (timm's ``EfficientNetFeatures``) build
-    and run every block whatever ``encoder_depth`` asks for, and drop the outputs past it: at
-    ``encoder_depth=4`` the last stage (dilated to stride 16 by DeepLabv3+) is computed in every step for
-    nothing. Other encoders are left as they are.
+    smp's ``tu-`` encoders of the EfficientNet and MobileNet families (timm's ``EfficientNetFeatures``,
+    ``MobileNetV3Features``) build and run every block whatever ``encoder_depth`` asks for, and drop the
+    outputs past it: at ``encoder_depth=4`` the last stage (dilated to stride 16 by DeepLabv3+) is computed in
+    every step for nothing. Other encoders are left as they are.
     """
     model = getattr(encoder, "model", None)
     stages, blocks = getattr(model, "_stage_out_idx", None), getattr(model, "blocks", None)
