@@ -9,6 +9,7 @@ code). `<placeholders>` become a value. Entry points compose their config with t
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import runpy
 import shlex
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from fashionseg.cli import apply_aliases
 from fashionseg.core.config import compose_config
@@ -58,6 +60,18 @@ def collect() -> list[tuple[str, str]]:
         for command in command_texts(path.read_text()):
             found.append((str(path.relative_to(ROOT)), command))
     return sorted(set(found))
+
+
+def distinct(commands: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One (file, command) per distinct command (its words, placeholders filled), at the first file that
+    shows it: the README's commands are repeated in docs/results.md, and composing each once is enough."""
+    seen, kept = set(), []
+    for where, command in commands:
+        words = tuple(tokens(command))
+        if words not in seen:
+            seen.add(words)
+            kept.append((where, command))
+    return kept
 
 
 COMMANDS = collect()
@@ -163,8 +177,31 @@ def docs_conf(tmp_path_factory) -> Path:
     return conf
 
 
-@pytest.mark.parametrize("where,command", COMMANDS, ids=[f"{f}: {c[:80]}" for f, c in COMMANDS])
-def test_command_in_the_docs_composes(where, command, monkeypatch, docs_conf):
+@pytest.fixture(scope="module")
+def configs_read_once():
+    """Hydra parses each config file once for all the commands, which then compose from copies: the same few
+    dozen files make up every command, and parsing them again for each took a third of the check's time."""
+    load, parsed = OmegaConf.load, {}
+
+    def load_once(file_):
+        name = getattr(file_, "name", None)
+        if not isinstance(name, str):
+            return load(file_)
+        if name not in parsed:
+            parsed[name] = load(file_)
+        return copy.deepcopy(parsed[name])
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(OmegaConf, "load", staticmethod(load_once))
+    yield
+    patch.undo()
+
+
+CHECKED = distinct(COMMANDS)
+
+
+@pytest.mark.parametrize("where,command", CHECKED, ids=[f"{f}: {c[:80]}" for f, c in CHECKED])
+def test_command_in_the_docs_composes(where, command, monkeypatch, docs_conf, configs_read_once):
     words = tokens(command)
     if words[0].startswith("python"):
         program, args = words[1], words[2:]
@@ -202,6 +239,9 @@ def test_placeholders_and_optional_arguments_are_filled():
     assert tokens("python s.py --ckpt <c> [--tta] [--scales 1 1.25]") == [
         "python", "s.py", "--ckpt", PLACEHOLDER, "--tta", "--scales", "1", "1.25"]
     assert "data/street" in documented_configs()
+    assert distinct([("README.md", "python train.py x=<a>"), ("docs/results.md", "python train.py x=<b>"),
+                     ("docs/results.md", "python train.py x=2")]) == [
+        ("README.md", "python train.py x=<a>"), ("docs/results.md", "python train.py x=2")]
     assert command_texts("run `python train.py\n  task=person` then\n```bash\npython app.py x=1  # demo\n```") == [
         "python app.py x=1", "python train.py   task=person"]
 
