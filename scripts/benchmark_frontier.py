@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashionseg.core.config import default_data_dir, override_value
+from fashionseg.core.config import default_data_dir, native_bf16, override_value
 from fashionseg.data.stored import checkpoint_datamodule
 from fashionseg.inference import Predictor, TrainedNetwork
 from fashionseg.inference.checkpoint import load_network
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
               "timed_photos": {task: min(args.photos, len(group["photos"])) for task, group in tasks.items()},
               "rounds": args.rounds, "mediapipe_skipped": skipped,
               "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "torch_threads": torch.get_num_threads(), "date": date}
+              "torch_threads": torch.get_num_threads(), "native_bf16": native_bf16(), "date": date}
     out.write_text(json.dumps(result, indent=1))
     plot(panels, out.with_name("frontier.png"))
     out.with_name("frontier.md").write_text(

@@ -52,7 +52,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fashionseg.core.config import compose_config, default_data_dir, override_value
+from fashionseg.core.config import compose_config, default_data_dir, native_bf16, override_value, resolve_precision
 from fashionseg.inference import VARIANTS
 from fashionseg.training.distill import attach_distiller
 from fashionseg.training.module import SegmentationModule
@@ -132,6 +132,7 @@ def bench_train(args, root: str) -> dict:
         cfg = compose_cfg([f"model={args.model}", "loss=ce", f"data.image_size=[{h},{w}]",
                            f"data.batch_size={args.batch}", "data.num_workers=0", f"data.root={root}",
                            "model.net.encoder_weights=null", "logger=csv", *args.overrides], output_dir=log_dir)
+        cfg.trainer.precision = resolve_precision(cfg.trainer)  # auto: bf16-mixed where bfloat16 is native
         L.seed_everything(0, workers=True)
         datamodule = hydra.utils.instantiate(cfg.data)
         datamodule.setup("fit")
@@ -413,7 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"unknown sections {sorted(sections - {'train', 'data', 'infer'})}; use train, data, infer")
     root = data_root(args)
     result = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
+                          "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+                          "native_bf16": native_bf16()},  # bf16 autocast is emulated, and slow, where false
               "command": " ".join(["python", "scripts/benchmark_speed.py", *sys.argv[1:]])}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

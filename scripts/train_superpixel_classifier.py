@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from fashionseg.core.config import default_data_dir, override_value
+from fashionseg.core.config import default_data_dir, override_value, resolve_precision
 from fashionseg.data import checkpoint_datamodule
 from fashionseg.metrics import SplitMetrics
 from fashionseg.postprocess.superpixel import SuperpixelVote
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     if pose is not None and pose.python is None:
         pose = None
     segmenter = SuperpixelVote(**SUPERPIXELS)
-    bf16 = str(cfg.trainer.get("precision", "")).startswith("bf16")
+    bf16 = resolve_precision(cfg.trainer).startswith("bf16")
     names, ignore, k = list(module.class_names), module.hparams.ignore_index, len(module.class_names)
     start = time.perf_counter()
     photos = {"val": described(module, datamodule.datasets["val"], segmenter, pose, bf16, keep_probs=True)}

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from fashionseg.core.config import default_data_dir, override_value
+from fashionseg.core.config import default_data_dir, override_value, resolve_precision
 from fashionseg.core.memory import keep_freed_memory
 from fashionseg.data import checkpoint_datamodule
 from fashionseg.evaluation.refinements import evaluate_refinements
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
             variants[key] = load_refinements([name], {name: params})[name]
             chosen_from[key] = (name, params)
     print(f"{len(variants)} settings on the {len(dataset)} validation photos of {args.ckpt}", flush=True)
-    bf16 = str(cfg.trainer.get("precision", "")).startswith("bf16")
+    bf16 = resolve_precision(cfg.trainer).startswith("bf16")
     report = evaluate_refinements(module, dataset, variants, args.batch,
                                   (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else None,
                                   heads[args.task] if len(heads) > 1 else None)

@@ -9,6 +9,7 @@ import sys
 import threading
 
 import pytest
+import torch
 
 from tests.conftest import ROOT, load_script, make_checkpoint, paint_void_bands
 
@@ -24,11 +25,13 @@ def test_train_section_skips_void_pixels_in_both_loops(data_root, tmp_path, monk
     system_tmp = tmp_path / "system-tmp"  # what tempfile.gettempdir() returns during the run
     system_tmp.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(system_tmp))
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_f": True})  # no native bfloat16
     result = benchmark_speed.main(["--sections", "train", "--data", str(root), "--size", "64", "96", "--batch", "2",
                                    "--rounds", "1", "--warmup", "1", "--steps", "1", "--out", str(out),
-                                   "task=person", "trainer.precision=32-true"])
+                                   "task=person", "trainer.precision=auto"])
     train = result["train"]
     assert train["ours_median"] > 0 and train["bare_median"] > 0
+    assert train["precision"] == "32-true" and result["machine"]["native_bf16"] is False  # auto, resolved
     assert out.is_file()
     # Its training logs (logger=csv) live and die with the run's temporary folder: nothing is left behind.
     assert list(system_tmp.iterdir()) == []

@@ -239,3 +239,33 @@ def test_a_time_limit_can_be_set_on_any_run_and_on_a_resume_without_its_experime
     assert cfg.trainer.max_time == "00:03:30:00"
     assert compose_cfg("train", ["paths.output_dir=/tmp/x"]).trainer.max_time is None
     assert compose_cfg("train", ["experiment=best_person", "paths.output_dir=/tmp/x"]).trainer.max_time == "00:01:55:00"
+
+
+@pytest.mark.parametrize("capabilities,expected", [
+    ({"avx512_f": True, "avx512_bw": True}, "32-true"),  # AVX-512 without bfloat16: emulated, slower
+    ({"avx512_f": True, "avx512_bf16": True}, "bf16-mixed"),
+    ({"amx_bf16": True, "amx_tile": True}, "bf16-mixed"),
+    ({"neon": True, "bf16": True}, "bf16-mixed"),  # ARM
+    ({"avx2": True}, "32-true"),
+])
+def test_precision_auto_is_bfloat16_only_where_the_cpu_computes_it_natively(monkeypatch, capabilities, expected):
+    import torch
+
+    from fashionseg.core.config import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert compose_cfg("train").trainer.precision == "auto"
+    assert resolve_precision(compose_cfg("train").trainer) == expected
+    assert resolve_precision(compose_cfg("train", ["trainer.precision=bf16-mixed"]).trainer) == "bf16-mixed"
+    assert resolve_precision(compose_cfg("train", ["trainer.precision=32-true"]).trainer) == "32-true"
+
+
+@pytest.mark.parametrize("bf16,expected", [(True, "bf16-mixed"), (False, "16-mixed")])
+def test_precision_auto_on_a_cuda_card(monkeypatch, bf16, expected):
+    import torch
+
+    from fashionseg.core.config import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert resolve_precision(compose_cfg("train", ["trainer=gpu"]).trainer) == expected

@@ -345,3 +345,18 @@ def test_loss_switch_follows_the_epoch_and_refuses_what_it_cannot_switch():
         LossSwitch(Lovasz(), 1).on_fit_start(trainer, SimpleNamespace(loss=CrossEntropy(weights=[1.0, 2.0])))
     with pytest.raises(ConfigError, match="integer >= 1"):
         LossSwitch(Lovasz(), 0)
+
+
+def test_precision_auto_is_resolved_and_stored_by_train_and_eval(train_cfg, tmp_path, data_root, monkeypatch):
+    # A CPU without native bfloat16: auto trains in float32, and the run says so where it is read back.
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_f": True})
+    cfg = train_cfg("trainer.precision=auto", "task=person")
+    _, results = train(cfg)
+    assert results["config"]["trainer"]["precision"] == "32-true"
+    stored = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert stored["hyper_parameters"]["config"]["trainer"]["precision"] == "32-true"
+    eval_cfg = compose_cfg("eval", [f"ckpt_path={results['best_checkpoint']}", f"data.root={data_root}",
+                                    f"paths.output_dir={tmp_path / 'eval'}", "trainer.precision=auto"])
+    evaluated = evaluate(eval_cfg)
+    assert evaluated["precision"] == "32-true"
+    assert evaluated["scores"]["miou"] == pytest.approx(results["test"]["miou"], abs=1e-6)

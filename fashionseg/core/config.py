@@ -135,6 +135,42 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 for no limit), got {epochs}.")
 
 
+# CPU features with native bfloat16 arithmetic: x86's AVX512_BF16 and AMX, ARM's BF16 and SVE BF16
+# (torch.cpu.get_capabilities names).
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
+def native_bf16(accelerator: str = "cpu") -> bool:
+    """Whether bfloat16 arithmetic is native here: a CUDA card that supports it, or a CPU with one of
+    ``NATIVE_BF16``. Elsewhere oneDNN emulates it, and bf16 autocast trains slower than float32."""
+    import torch
+
+    if accelerator in ("gpu", "cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if accelerator != "cpu" or not hasattr(torch.cpu, "get_capabilities"):
+        return False
+    capabilities = torch.cpu.get_capabilities()
+    return any(capabilities.get(name) is True for name in NATIVE_BF16)
+
+
+def resolve_precision(trainer_cfg) -> str:
+    """``trainer.precision`` as Lightning takes it, ``auto`` replaced by the fastest choice here:
+    ``bf16-mixed`` where bfloat16 is native (``native_bf16``), else ``32-true`` (``16-mixed`` on a CUDA card
+    without bfloat16). Entry points store the resolved value in the run's config and checkpoints, so a
+    resumed run keeps its precision on another machine."""
+    precision = str(trainer_cfg.get("precision") or "32-true")
+    if precision != "auto":
+        return precision
+    accelerator = str(trainer_cfg.get("accelerator") or "cpu")
+    if accelerator == "auto":
+        import torch
+
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if native_bf16(accelerator):
+        return "bf16-mixed"
+    return "16-mixed" if accelerator in ("gpu", "cuda") else "32-true"
+
+
 def check_writable(directory: str | Path) -> Path:
     """Create the run directory and make sure files can be written there, before any work starts."""
     directory = Path(directory)

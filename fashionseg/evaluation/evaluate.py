@@ -10,7 +10,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from fashionseg.core.config import check_writable
+from fashionseg.core.config import check_writable, resolve_precision
 from fashionseg.core.errors import ConfigError
 from fashionseg.core.memory import keep_freed_memory
 from fashionseg.data.datamodule import ALL, SUBSETS
@@ -57,6 +57,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.split == "train":  # score training images as they are, not augmented
         loader.dataset.transform = datamodule.eval_transform
 
+    cfg.trainer.precision = resolve_precision(cfg.trainer)  # auto: bf16-mixed where bfloat16 is native
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     start = time.time()
     trainer.test(module, dataloaders=loader)
@@ -64,7 +65,7 @@ def evaluate(cfg: DictConfig) -> dict:
     results = {
         "checkpoint": str(cfg.ckpt_path), "task": train_cfg.task.name, "model": train_cfg.model.name,
         "onnx": str(cfg.onnx) if cfg.get("onnx") else None, "split": cfg.split, "images": len(loader.dataset),
-        "scores": module.test_scores,
+        "precision": cfg.trainer.precision, "scores": module.test_scores,
         "confusion": confusion_lists(module.test_confusion),
         "ms_per_image": round(1000 * seconds / len(loader.dataset), 1),
     }

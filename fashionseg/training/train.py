@@ -16,7 +16,7 @@ from hydra.core.override_parser.types import Override
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fashionseg.core.config import check_writable, validate
+from fashionseg.core.config import check_writable, resolve_precision, validate
 from fashionseg.core.errors import ConfigError, Interrupted
 from fashionseg.core.tracking import closes_trackers, configure_wandb
 from fashionseg.data import FashionDataModule, MultiSetDataModule
@@ -196,6 +196,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         return stored_metric(finished, cfg.get("optimized_metric")), finished
     cfg = resume_config(cfg)
     validate(cfg)
+    cfg.trainer.precision = resolve_precision(cfg.trainer)  # auto: bf16-mixed where bfloat16 is native
     if cfg.get("distill"):
         teacher_path(cfg.distill)  # the teacher exists, before any data is read
     out_dir = check_writable(cfg.paths.output_dir)
